@@ -1,0 +1,417 @@
+"""B-splines: knot vectors, basis functions, and curves <-> coefficients (lesson 02).
+
+Conventions (the same as ``scipy.interpolate.BSpline(t, c, k)``):
+
+* a knot vector ``grid`` ``t_0 <= t_1 <= ... <= t_{m-1}`` and an order (degree) ``k = spline_order``
+  define ``n = m - k - 1`` basis functions ``B_0 .. B_{n-1}``;
+* ``B_i`` is supported on ``[t_i, t_{i+k+1})``; on the base interval ``[t_k, t_n]`` the bases sum to 1;
+* KAN grids are *extended*: a grid of ``G`` intervals on ``[a, b]`` gets ``k`` extra knots on each side,
+  so ``m = G + 2k + 1`` and there are ``G + k`` bases (``uniform_grid``).
+
+Outside the extended knots ``[t_0, t_{m-1}]`` every basis is zero (as in pykan): a KAN edge then only
+keeps its residual (SiLU) part. Between ``t_0`` and ``t_k`` (and ``t_n`` .. ``t_{m-1}``) the bases that
+exist are evaluated exactly but no longer sum to one.
+
+Two evaluation paths give the same numbers:
+
+* ``cox_de_boor`` -- the readable reference recursion, any knots, any order;
+* ``uniform_local_bases`` -- for equally spaced knots: locate the interval with ``floor`` and evaluate
+  only the ``k + 1`` non-zero bases from the local coordinate ``s in [0, 1]``. Every term of the
+  recursion is non-negative, so it stays accurate in float32 at any grid size (the unclamped
+  truncated-power formula does not).
+
+``bspline_basis`` picks the fast path automatically when the knots are uniform.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "uniform_grid",
+    "adaptive_grid",
+    "extend_grid",
+    "is_uniform",
+    "bspline_basis",
+    "bspline_basis_derivative",
+    "cox_de_boor",
+    "locate_uniform",
+    "uniform_local_bases",
+    "uniform_local_bases_and_derivatives",
+    "coef_to_curve",
+    "curve_to_coef",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# argument checks (one place, so every function reports bad input the same way)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_order(spline_order) -> int:
+    if isinstance(spline_order, bool) or not isinstance(spline_order, int):
+        raise TypeError(f"spline_order must be an int >= 0, got {spline_order!r} ({type(spline_order).__name__})")
+    if spline_order < 0:
+        raise ValueError(f"spline_order must be >= 0, got {spline_order}")
+    return spline_order
+
+
+def _check_grid_size(grid_size) -> int:
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int):
+        raise TypeError(f"grid_size must be an int >= 1, got {grid_size!r} ({type(grid_size).__name__})")
+    if grid_size < 1:
+        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+    return grid_size
+
+
+def _check_range(grid_range) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in grid_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid_range must be a pair (lo, hi) of numbers, got {grid_range!r}") from None
+    if not lo < hi:
+        raise ValueError(f"grid_range must satisfy lo < hi, got {grid_range!r}")
+    return lo, hi
+
+
+def _check_float(x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype} (use x.float() or x.double())")
+    return x
+
+
+def _check_grid(grid, spline_order: int) -> torch.Tensor:
+    grid = _check_float(grid, "grid")
+    if grid.dim() not in (1, 2):
+        raise ValueError(
+            f"grid must be 1-D [n_knots] or 2-D [in_features, n_knots], got shape {tuple(grid.shape)}"
+        )
+    n_knots = grid.shape[-1]
+    if n_knots < spline_order + 2:
+        raise ValueError(
+            f"grid has {n_knots} knots, but spline_order={spline_order} needs at least "
+            f"{spline_order + 2} (n_knots - spline_order - 1 >= 1 basis)"
+        )
+    if bool((grid[..., 1:] < grid[..., :-1]).any()):
+        raise ValueError("grid knots must be non-decreasing along the last dimension")
+    return grid
+
+
+def _align(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """x [..., in] with grid [in, m]  or  x [...] with grid [m]: returns x[..., None]."""
+    if grid.dim() == 2:
+        if x.dim() == 0 or x.shape[-1] != grid.shape[0]:
+            got = tuple(x.shape)
+            raise ValueError(
+                f"x must have last dimension in_features={grid.shape[0]} to match the per-feature grid "
+                f"{tuple(grid.shape)}, got x of shape {got}"
+            )
+    return x.unsqueeze(-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# knot vectors
+# --------------------------------------------------------------------------------------------------
+
+
+def uniform_grid(grid_size: int, spline_order: int, grid_range=(-1.0, 1.0), *, dtype=None, device=None):
+    """Extended uniform knot vector ``[grid_size + 2*spline_order + 1]``.
+
+    ``G = grid_size`` intervals of width ``h = (hi - lo) / G`` on ``grid_range``, plus ``k = spline_order``
+    knots of the same spacing on each side: ``t_j = lo + (j - k) h`` for ``j = 0 .. G + 2k``.
+    """
+    G, k = _check_grid_size(grid_size), _check_order(spline_order)
+    lo, hi = _check_range(grid_range)
+    h = (hi - lo) / G
+    j = torch.arange(-k, G + k + 1, dtype=torch.float64, device=device)
+    return (lo + h * j).to(dtype or torch.get_default_dtype())
+
+
+def extend_grid(points: torch.Tensor, spline_order: int) -> torch.Tensor:
+    """Add ``k`` knots on each side of ``points`` ``[..., G + 1]``, spaced like the mean interval.
+
+    Returns ``[..., G + 2k + 1]``.
+    """
+    k = _check_order(spline_order)
+    G = points.shape[-1] - 1
+    h = (points[..., -1:] - points[..., :1]) / max(G, 1)
+    steps = torch.arange(1, k + 1, dtype=points.dtype, device=points.device)
+    left = points[..., :1] - h * steps.flip(0)
+    right = points[..., -1:] + h * steps
+    return torch.cat([left, points, right], dim=-1)
+
+
+def adaptive_grid(x: torch.Tensor, grid_size: int, spline_order: int, grid_eps: float = 0.02,
+                  min_span: float = 1e-4) -> torch.Tensor:
+    """Knots that follow the data: ``grid_eps * uniform + (1 - grid_eps) * quantiles`` (pykan's blend).
+
+    Args:
+        x: samples ``[N, in_features]`` (or ``[N]`` for one feature).
+        grid_eps: 1.0 gives a uniform grid over ``[min x, max x]``, 0.0 pure sample quantiles.
+        min_span: a feature whose samples span less than this is widened symmetrically to it, so the
+            knots never all coincide.
+
+    Returns:
+        ``[in_features, grid_size + 2k + 1]`` (``[grid_size + 2k + 1]`` for 1-D ``x``): ``G + 1``
+        blended knots, extended by ``k`` knots on each side with the mean spacing.
+    """
+    x = _check_float(x, "x")
+    G, k = _check_grid_size(grid_size), _check_order(spline_order)
+    if not 0.0 <= float(grid_eps) <= 1.0:
+        raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
+    squeeze = x.dim() == 1
+    if squeeze:
+        x = x[:, None]
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"x must be [N, in_features] with N >= 2 samples, got shape {tuple(x.shape)}")
+    xs = torch.sort(x.detach(), dim=0).values.T  # [in, N]
+    lo, hi = xs[:, :1], xs[:, -1:]
+    mid, span = (lo + hi) / 2, (hi - lo).clamp_min(min_span)
+    lo, hi = mid - span / 2, mid + span / 2
+    steps = torch.linspace(0, 1, G + 1, dtype=x.dtype, device=x.device)
+    uniform = lo + (hi - lo) * steps
+    # linearly interpolated sample quantiles at G + 1 equally spaced probabilities
+    pos = steps * (xs.shape[1] - 1)
+    i0 = pos.floor().long().clamp(max=xs.shape[1] - 2)
+    w = (pos - i0).to(x.dtype)
+    quant = xs[:, i0] * (1 - w) + xs[:, i0 + 1] * w
+    quant[:, 0], quant[:, -1] = lo[:, 0], hi[:, 0]  # same ends as the uniform grid
+    points = grid_eps * uniform + (1 - grid_eps) * quant
+    points = torch.cummax(points, dim=-1).values  # guard against rounding making it decrease
+    grid = extend_grid(points, k)
+    return grid[0] if squeeze else grid
+
+
+def is_uniform(grid: torch.Tensor) -> bool:
+    """True if every knot vector in ``grid`` (``[m]`` or ``[in, m]``) is equally spaced, up to rounding."""
+    d = grid[..., 1:] - grid[..., :-1]
+    h = (grid[..., -1:] - grid[..., :1]) / (grid.shape[-1] - 1)
+    tol = 8 * torch.finfo(grid.dtype).eps * grid.abs().amax(dim=-1, keepdim=True)
+    return bool(((d - h).abs() <= tol).all() and (h > 0).all())
+
+
+# --------------------------------------------------------------------------------------------------
+# the reference: Cox-de Boor recursion, any knots
+# --------------------------------------------------------------------------------------------------
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den with 0/0 := 0 (repeated knots), safe for autograd."""
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def cox_de_boor(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
+    """Reference B-spline bases by the Cox-de Boor recursion (no argument checks; see ``bspline_basis``).
+
+    ``B_{i,0}(x) = 1 if t_i <= x < t_{i+1}`` (the last non-empty interval is closed on the right), and
+
+        B_{i,d}(x) = (x - t_i) / (t_{i+d} - t_i) * B_{i,d-1}(x)
+                   + (t_{i+d+1} - x) / (t_{i+d+1} - t_{i+1}) * B_{i+1,d-1}(x).
+
+    Shapes: ``x [...]`` with ``grid [m]``, or ``x [..., in]`` with ``grid [in, m]``;
+    returns ``[..., m - k - 1]`` or ``[..., in, m - k - 1]``.
+    """
+    t = grid
+    xe = _align(x, grid)
+    lo, hi = t[..., :-1], t[..., 1:]
+    closed_right = (lo < hi) & (hi == t[..., -1:])
+    B = (((xe >= lo) & (xe < hi)) | ((xe == hi) & closed_right)).to(x.dtype)
+    for d in range(1, spline_order + 1):
+        left = _ratio(xe - t[..., : -(d + 1)], t[..., d:-1] - t[..., : -(d + 1)])
+        right = _ratio(t[..., d + 1 :] - xe, t[..., d + 1 :] - t[..., 1:-d])
+        B = left * B[..., :-1] + right * B[..., 1:]
+    return B
+
+
+# --------------------------------------------------------------------------------------------------
+# the fast path: uniform knots, only the k + 1 non-zero bases
+# --------------------------------------------------------------------------------------------------
+
+
+def locate_uniform(x: torch.Tensor, t0: torch.Tensor, h: torch.Tensor, n_intervals: int):
+    """Interval index and local coordinate on a uniform knot vector ``t_j = t0 + j h``.
+
+    The coordinate is computed in float64 (then cast back), so float32 inputs keep full accuracy
+    at any grid size. Returns ``(i, s, inside)``: ``i`` (long) in ``[0, n_intervals - 1]``, ``s`` in
+    ``[0, 1]`` with ``x = t0 + (i + s) h``, and ``inside`` (bool) for ``t0 <= x <= t_last``.
+    """
+    u = (x.double() - t0.double()) / h.double()
+    inside = (u >= 0) & (u <= n_intervals)
+    i = u.detach().floor().clamp(0, n_intervals - 1)
+    s = (u - i).to(x.dtype)
+    return i.long(), s, inside
+
+
+def uniform_local_bases(s: torch.Tensor, spline_order: int) -> torch.Tensor:
+    """The ``k + 1`` non-zero uniform B-splines at local coordinate ``s`` ``[...]`` -> ``[..., k + 1]``.
+
+    Entry ``j`` is basis ``B_{i-k+j}`` on interval ``i``. Uniform Cox-de Boor with unit spacing:
+    ``b'_j = ((s + d - j) b_{j-1} + (j + 1 - s) b_j) / d``; every term is non-negative.
+    """
+    b = [torch.ones_like(s)]
+    for d in range(1, spline_order + 1):
+        nxt = []
+        for j in range(d + 1):
+            term = 0.0
+            if j >= 1:
+                term = (s + (d - j)) * b[j - 1]
+            if j < d:
+                term = term + ((j + 1) - s) * b[j]
+            nxt.append(term / d)
+        b = nxt
+    return torch.stack(b, dim=-1)
+
+
+def uniform_local_bases_and_derivatives(s: torch.Tensor, spline_order: int):
+    """Bases ``[..., k + 1]`` and their derivatives with respect to ``s`` (divide by ``h`` for ``d/dx``).
+
+    Uses ``dB_{i,k}/ds = B_{i,k-1} - B_{i+1,k-1}`` (unit spacing).
+    """
+    k = spline_order
+    if k == 0:
+        v = torch.ones(*s.shape, 1, dtype=s.dtype, device=s.device)
+        return v, torch.zeros_like(v)
+    low = uniform_local_bases(s, k - 1)  # [..., k]
+    zero = torch.zeros_like(low[..., :1])
+    deriv = torch.cat([zero, low], dim=-1) - torch.cat([low, zero], dim=-1)
+    return uniform_local_bases(s, k), deriv
+
+
+def _uniform_params(grid: torch.Tensor):
+    t0 = grid[..., 0]
+    h = (grid[..., -1] - grid[..., 0]) / (grid.shape[-1] - 1)
+    return t0, h
+
+
+def _scatter_local(local: torch.Tensor, i: torch.Tensor, inside: torch.Tensor, k: int, n_bases: int):
+    """Place local values ``[..., k + 1]`` of interval ``i`` into dense ``[..., n_bases]``."""
+    local = local * inside.unsqueeze(-1).to(local.dtype)
+    n_int = n_bases + k  # intervals of the knot vector
+    padded = torch.zeros(*local.shape[:-1], n_int + k, dtype=local.dtype, device=local.device)
+    idx = i.unsqueeze(-1) + torch.arange(k + 1, device=i.device)
+    padded = padded.scatter(-1, idx, local)
+    return padded[..., k : k + n_bases]
+
+
+def _uniform_basis(x, grid, k, derivative=False):
+    t0, h = _uniform_params(grid)
+    n_bases = grid.shape[-1] - k - 1
+    i, s, inside = locate_uniform(x, t0, h, grid.shape[-1] - 1)
+    if derivative:
+        _, d = uniform_local_bases_and_derivatives(s, k)
+        local = d / h.to(x.dtype).unsqueeze(-1)
+    else:
+        local = uniform_local_bases(s, k)
+    return _scatter_local(local, i, inside, k, n_bases)
+
+
+# --------------------------------------------------------------------------------------------------
+# public evaluation API
+# --------------------------------------------------------------------------------------------------
+
+
+def bspline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int, method: str = "auto") -> torch.Tensor:
+    """B-spline basis functions of order ``k = spline_order`` on the knots ``grid``.
+
+    Args:
+        x: ``[...]`` with a single knot vector ``grid [m]``, or ``[..., in_features]`` with one knot
+            vector per feature ``grid [in_features, m]``. Floating point.
+        grid: non-decreasing knots (any spacing; at least ``k + 2``).
+        method: ``"auto"`` (fast path on uniform knots, else the recursion), ``"reference"`` (always
+            Cox-de Boor), or ``"uniform"`` (fast path; the knots must be uniform).
+
+    Returns:
+        ``[..., m - k - 1]`` or ``[..., in_features, m - k - 1]``; differentiable in ``x``. Equals
+        ``scipy.interpolate.BSpline.design_matrix(x, grid, k)`` for ``x`` in ``[grid[k], grid[-k-1]]``;
+        zero outside ``[grid[0], grid[-1]]``.
+    """
+    k = _check_order(spline_order)
+    grid = _check_grid(grid, k)
+    x = _check_float(x, "x")
+    _align(x, grid)  # shape check
+    grid = grid.to(x.dtype)
+    if method not in ("auto", "reference", "uniform"):
+        raise ValueError(f"method must be 'auto', 'reference' or 'uniform', got {method!r}")
+    uniform = method == "uniform" or (method == "auto" and is_uniform(grid))
+    if method == "uniform" and not is_uniform(grid):
+        raise ValueError("method='uniform' needs equally spaced knots; use method='auto' or 'reference'")
+    return _uniform_basis(x, grid, k) if uniform else cox_de_boor(x, grid, k)
+
+
+def bspline_basis_derivative(x: torch.Tensor, grid: torch.Tensor, spline_order: int,
+                             method: str = "auto") -> torch.Tensor:
+    """``d/dx`` of ``bspline_basis(x, grid, spline_order)``, same shapes.
+
+    ``B'_{i,k} = k / (t_{i+k} - t_i) B_{i,k-1} - k / (t_{i+k+1} - t_{i+1}) B_{i+1,k-1}``.
+    """
+    k = _check_order(spline_order)
+    grid = _check_grid(grid, k)
+    x = _check_float(x, "x")
+    _align(x, grid)
+    grid = grid.to(x.dtype)
+    if method == "uniform" or (method == "auto" and is_uniform(grid)):
+        return _uniform_basis(x, grid, k, derivative=True)
+    if k == 0:
+        return torch.zeros_like(cox_de_boor(x, grid, 0))
+    low = cox_de_boor(x, grid, k - 1)  # [..., m - k]
+    t = grid
+    a = _ratio(torch.full_like(t[..., : -(k + 1)], float(k)), t[..., k:-1] - t[..., : -(k + 1)])
+    b = _ratio(torch.full_like(t[..., : -(k + 1)], float(k)), t[..., k + 1 :] - t[..., 1:-k])
+    return a * low[..., :-1] - b * low[..., 1:]
+
+
+# --------------------------------------------------------------------------------------------------
+# curves <-> coefficients
+# --------------------------------------------------------------------------------------------------
+
+
+def coef_to_curve(x: torch.Tensor, grid: torch.Tensor, coef: torch.Tensor, spline_order: int) -> torch.Tensor:
+    """Evaluate spline curves ``sum_m coef[i, o, m] B_m(x_i)``.
+
+    Args:
+        x: ``[N, in]``; grid: ``[in, m]``; coef: ``[in, out, m - k - 1]``.
+
+    Returns:
+        ``[N, in, out]``.
+    """
+    B = bspline_basis(x, grid, spline_order)  # [N, in, n]
+    if coef.dim() != 3 or coef.shape[0] != B.shape[1] or coef.shape[2] != B.shape[2]:
+        raise ValueError(
+            f"coef must be [in={B.shape[1]}, out, n_bases={B.shape[2]}], got shape {tuple(coef.shape)}"
+        )
+    return torch.einsum("nim,iom->nio", B, coef.to(B.dtype))
+
+
+def curve_to_coef(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, spline_order: int,
+                  ridge: float = 0.0) -> torch.Tensor:
+    """Least-squares spline coefficients for many curves at once.
+
+    Solves ``min_c sum_n (sum_m c[i, o, m] B_m(x[n, i]) - y[n, i, o])^2 + ridge * |c|^2`` for every
+    feature ``i`` and output ``o``, batched over features.
+
+    Args:
+        x: ``[N, in]``; y: ``[N, in, out]``; grid: ``[in, m]``.
+        ridge: a small Tikhonov term (e.g. 1e-8) for underdetermined fits (fewer distinct samples
+            than bases in some interval). ``0`` uses a minimum-norm least-squares solver.
+
+    Returns:
+        ``[in, out, m - k - 1]``.
+    """
+    x, y = _check_float(x, "x"), _check_float(y, "y")
+    if y.dim() != 3 or y.shape[:2] != x.shape[:2]:
+        raise ValueError(f"y must be [N, in, out] matching x {tuple(x.shape)}, got {tuple(y.shape)}")
+    B = bspline_basis(x, grid, spline_order).transpose(0, 1)  # [in, N, n]
+    Y = y.transpose(0, 1)  # [in, N, out]
+    work = torch.float64  # the normal equations need the extra precision
+    Bd, Yd = B.to(work), Y.to(work)
+    if ridge > 0:
+        A = Bd.transpose(1, 2) @ Bd
+        A = A + ridge * torch.eye(A.shape[-1], dtype=work, device=A.device)
+        coef = torch.linalg.solve(A, Bd.transpose(1, 2) @ Yd)
+    else:
+        driver = "gelsd" if Bd.device.type == "cpu" else None
+        coef = torch.linalg.lstsq(Bd, Yd, driver=driver).solution  # [in, n, out]
+    return coef.transpose(1, 2).to(y.dtype)  # [in, out, n]
