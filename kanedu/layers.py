@@ -1,0 +1,284 @@
+"""``KANLayer``: a layer of learnable edge functions (lesson 03).
+
+Every edge ``i -> j`` carries its own function of one variable,
+
+    phi_ij(x) = w_b[i, j] * b(x) + w_s[i, j] * sum_m c[i, j, m] B_m(x),
+
+with ``b`` a fixed base activation (SiLU by default) and ``B_m`` the B-spline bases on feature ``i``'s
+grid; a node adds what arrives: ``y_j = sum_i mask[i, j] * phi_ij(x_i)``.
+
+All the weights are combined in one place (``combined_weight``): ``W[i, 0, j] = mask * w_b`` and
+``W[i, 1 + m, j] = mask * w_s * c[i, j, m]``. The forward pass is then one matrix product with the
+expanded features (``kanedu.kernels``), and grid operations only ever touch ``c`` (the scale ``w_s``
+is never folded into the coefficients, so it cannot be applied twice).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import kernels
+from .splines import (
+    _check_grid_size,
+    _check_order,
+    _check_range,
+    adaptive_grid,
+    bspline_basis,
+    curve_to_coef,
+    extend_grid,
+    is_uniform,
+    uniform_grid,
+)
+
+__all__ = ["KANLayer", "BASE_ACTIVATIONS"]
+
+BASE_ACTIVATIONS = {
+    "silu": nn.functional.silu,
+    "identity": lambda x: x,
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "gelu": nn.functional.gelu,
+    "zero": None,
+}
+_MODULE_NAMES = {nn.SiLU: "silu", nn.Identity: "identity", nn.Tanh: "tanh", nn.ReLU: "relu", nn.GELU: "gelu"}
+
+
+def _activation_name(base_activation) -> str:
+    if base_activation is None:
+        return "zero"
+    if isinstance(base_activation, str):
+        name = base_activation.lower()
+        if name not in BASE_ACTIVATIONS:
+            raise ValueError(f"base_activation must be one of {sorted(BASE_ACTIVATIONS)}, got {base_activation!r}")
+        return name
+    if isinstance(base_activation, type) and base_activation in _MODULE_NAMES:
+        return _MODULE_NAMES[base_activation]
+    if isinstance(base_activation, nn.Module) and type(base_activation) in _MODULE_NAMES:
+        return _MODULE_NAMES[type(base_activation)]
+    raise ValueError(
+        f"base_activation must be a name in {sorted(BASE_ACTIVATIONS)} or one of "
+        f"{[c.__name__ for c in _MODULE_NAMES]}, got {base_activation!r}"
+    )
+
+
+class KANLayer(nn.Module):
+    """A KAN layer ``[..., in_features] -> [..., out_features]``.
+
+    Args:
+        in_features, out_features: widths.
+        grid_size: ``G``, intervals of each spline grid.
+        spline_order: ``k`` (3 = cubic).
+        grid_range: the initial grid ``(lo, hi)`` for every input feature.
+        grid_eps: blend used by ``update_grid``: 1 = uniform over the samples, 0 = sample quantiles.
+        base_activation: ``"silu"`` (default), ``"identity"``, ``"tanh"``, ``"relu"``, ``"gelu"``, ``"zero"``
+            (no residual), or the matching ``torch.nn`` class.
+        noise_scale: std of the initial spline coefficients (pykan: 0.1, giving near-linear edges
+            plus small wiggles); ``scale_base``/``scale_spline``: initial ``w_b`` and ``w_s`` scale.
+        learn_scales: train ``w_b`` and ``w_s`` (True) or keep them fixed.
+
+    Shapes: ``coef [in, out, G + k]``, ``scale_base``/``scale_spline``/``mask`` ``[in, out]``,
+    ``grid [in, G + 2k + 1]`` (a buffer, saved in the state dict).
+    """
+
+    def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
+                 grid_range=(-1.0, 1.0), grid_eps: float = 0.02, base_activation="silu",
+                 noise_scale: float = 0.1, scale_base: float = 1.0, scale_spline: float = 1.0,
+                 learn_scales: bool = True, device=None, dtype=None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.grid_size = _check_grid_size(grid_size)
+        self.spline_order = _check_order(spline_order)
+        self.grid_range = _check_range(grid_range)
+        if not 0.0 <= float(grid_eps) <= 1.0:
+            raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
+        self.grid_eps = float(grid_eps)
+        self.base_activation = _activation_name(base_activation)
+        self.noise_scale, self.init_scale_base, self.init_scale_spline = noise_scale, scale_base, scale_spline
+        self.learn_scales = learn_scales
+        fk = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        n = self.grid_size + self.spline_order
+        grid = uniform_grid(self.grid_size, self.spline_order, self.grid_range, **fk)
+        self.register_buffer("grid", grid.expand(in_features, -1).contiguous())
+        self.register_buffer("mask", torch.ones(in_features, out_features, **fk))
+        self.coef = nn.Parameter(torch.empty(in_features, out_features, n, **fk))
+        self.scale_base = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=learn_scales)
+        self.scale_spline = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=learn_scales)
+        self._uniform = True
+        self.reset_parameters()
+
+    # ---- construction ------------------------------------------------------------------------------
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """pykan-style init: ``w_b ~ scale_base * U(-1, 1) / sqrt(in)``, ``w_s = scale_spline / sqrt(in)``,
+        spline coefficients small noise (std ``noise_scale / G``), so edges start as a residual plus
+        small wiggles. Pass a ``generator`` for reproducible init without touching the global RNG."""
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(self.in_features)
+            u = torch.rand(self.scale_base.shape, generator=generator, dtype=self.coef.dtype)
+            self.scale_base.copy_(self.init_scale_base * bound * (2 * u - 1))
+            self.scale_spline.fill_(self.init_scale_spline * bound)
+            noise = torch.randn(self.coef.shape, generator=generator, dtype=self.coef.dtype)
+            self.coef.copy_(noise * self.noise_scale / self.grid_size)
+            self.mask.fill_(1.0)
+
+    @property
+    def config(self) -> dict:
+        """Constructor arguments (plain values) that rebuild a layer of the same shape."""
+        return {
+            "in_features": self.in_features, "out_features": self.out_features, "grid_size": self.grid_size,
+            "spline_order": self.spline_order, "grid_range": list(self.grid_range), "grid_eps": self.grid_eps,
+            "base_activation": self.base_activation, "noise_scale": self.noise_scale,
+            "scale_base": self.init_scale_base, "scale_spline": self.init_scale_spline,
+            "learn_scales": self.learn_scales,
+        }
+
+    def extra_repr(self) -> str:
+        grid = "uniform" if self._uniform else "adaptive"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, grid_size={self.grid_size}, "
+                f"spline_order={self.spline_order}, base={self.base_activation}, grid={grid}")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._uniform = is_uniform(self.grid)
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._uniform = is_uniform(self.grid)  # e.g. .double() can make a float32 grid test non-uniform
+        return out
+
+    # ---- the one place where the weights are combined --------------------------------------------
+
+    def combined_weight(self) -> torch.Tensor:
+        """``W [in, G + k + 1, out]``: slot 0 = ``mask * w_b``, slots ``1..`` = ``mask * w_s * c``."""
+        m = self.mask
+        spline = (m * self.scale_spline).unsqueeze(-1) * self.coef  # [in, out, n]
+        return torch.cat([(m * self.scale_base).unsqueeze(1), spline.transpose(1, 2)], dim=1)
+
+    # ---- forward -------------------------------------------------------------------------------------
+
+    def _check_input(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype} (use x.float())")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}"
+            )
+        if x.dtype != self.coef.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the layer is {self.coef.dtype}; use layer.to({x.dtype})")
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in_features]`` -> ``[..., out_features]`` (fast path, no per-edge tensors)."""
+        x = self._check_input(x)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        base = None if self.base_activation == "zero" else self.base_activation
+        if self.spline_order == 0 or (base is not None and base not in kernels.BASE_FUNCTIONS):
+            base = BASE_ACTIVATIONS[self.base_activation] if base is not None else None
+        if self.spline_order == 0:
+            y = self.forward_reference(x2)
+        else:
+            y = kernels.kan_linear(x2, self.combined_weight(), self.grid, self.spline_order, base, self._uniform)
+        return y.reshape(*lead, self.out_features)
+
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        fn = BASE_ACTIVATIONS[self.base_activation]
+        return torch.zeros_like(x) if fn is None else fn(x)
+
+    def spline_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Unscaled splines ``sum_m c[i, j, m] B_m(x_i)``: ``x [N, in]`` -> ``[N, in, out]`` (reference bases)."""
+        B = bspline_basis(x, self.grid, self.spline_order, method="reference")  # [N, in, n]
+        return torch.einsum("nim,iom->nio", B, self.coef)
+
+    def edge_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-edge values ``phi_ij(x_i)`` including the mask: ``x [..., in]`` -> ``[..., out, in]``.
+
+        For plots, pruning and regularization; built only when asked (the forward pass never does).
+        Differentiable (uses the Cox-de Boor reference).
+        """
+        x = self._check_input(x)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        phi = self.scale_base * self._base(x2).unsqueeze(-1) + self.scale_spline * self.spline_values(x2)
+        phi = phi * self.mask  # [N, in, out]
+        return phi.transpose(1, 2).reshape(*lead, self.out_features, self.in_features)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function as ``forward``, computed edge by edge (slow; for tests and teaching)."""
+        return self.edge_activations(x).sum(-1)
+
+    # ---- grid operations (they preserve the function) ----------------------------------------------
+
+    @torch.no_grad()
+    def _refit(self, x: torch.Tensor, new_grid: torch.Tensor, new_grid_size: int) -> None:
+        """Replace the grid and least-squares fit new coefficients so each spline keeps its values on x."""
+        target = self.spline_values(x)  # [N, in, out], before the grid changes
+        ridge = 1e-10 if x.shape[0] < 2 * (new_grid_size + self.spline_order) else 0.0
+        coef = curve_to_coef(x, target, new_grid, self.spline_order, ridge=ridge)
+        self.grid = new_grid.contiguous()
+        self.coef = nn.Parameter(coef.contiguous(), requires_grad=self.coef.requires_grad)
+        self.grid_size = new_grid_size
+        self._uniform = is_uniform(self.grid)
+
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor, grid_eps: float | None = None) -> None:
+        """Adapt every feature's grid to the samples ``x [N, in]`` (``grid_eps`` blend of uniform and
+        quantile knots over the sample range), refitting the coefficients so the function is kept."""
+        x = self._check_input(x).reshape(-1, self.in_features)
+        eps = self.grid_eps if grid_eps is None else grid_eps
+        new_grid = adaptive_grid(x, self.grid_size, self.spline_order, eps)
+        self._refit(x, new_grid, self.grid_size)
+
+    @torch.no_grad()
+    def refine(self, grid_size: int, x: torch.Tensor | None = None) -> None:
+        """Grid extension in place: move to ``grid_size`` intervals and fit the new coefficients to the
+        current splines.
+
+        With samples ``x [N, in]`` the new grid follows them (``grid_eps`` blend, as in pykan), and the
+        fit is made on ``x``. Without samples the grid keeps its range, its knots interpolated from the
+        current ones (a uniform grid stays uniform, an adaptive one keeps its shape), and the fit is
+        made on a dense sweep of the grid range ``[t_k, t_{G+k}]`` (outside it the finer grid's shorter
+        extension cannot follow the old spline, and fitting there would bend the inside).
+        """
+        grid_size = _check_grid_size(grid_size)
+        k, G = self.spline_order, self.grid_size
+        if x is not None:
+            x = self._check_input(x).reshape(-1, self.in_features)
+            self._refit(x, adaptive_grid(x, grid_size, k, self.grid_eps), grid_size)
+            return
+        old = self.grid[:, k : k + G + 1]  # [in, G + 1] knots of the base interval
+        pos = torch.linspace(0, G, grid_size + 1, dtype=self.grid.dtype, device=self.grid.device)
+        if self._uniform:
+            points = old[:, :1] + (old[:, -1:] - old[:, :1]) * pos / G
+        else:
+            lo_idx = pos.floor().long().clamp(max=G - 1)
+            w = pos - lo_idx
+            points = old[:, lo_idx] * (1 - w) + old[:, lo_idx + 1] * w
+        steps = torch.linspace(0, 1, 8 * (grid_size + k) + 1, dtype=self.grid.dtype, device=self.grid.device)
+        sweep = (old[:, :1] + (old[:, -1:] - old[:, :1]) * steps).T.contiguous()
+        self._refit(sweep, extend_grid(points, k), grid_size)
+
+    # ---- structure ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def subset(self, in_idx: torch.Tensor, out_idx: torch.Tensor) -> KANLayer:
+        """A new layer with only the inputs ``in_idx`` and outputs ``out_idx`` (edges copied as they are)."""
+        in_idx = torch.as_tensor(in_idx, dtype=torch.long, device=self.grid.device)
+        out_idx = torch.as_tensor(out_idx, dtype=torch.long, device=self.grid.device)
+        cfg = dict(self.config, in_features=len(in_idx), out_features=len(out_idx))
+        new = KANLayer(**cfg, device=self.grid.device, dtype=self.coef.dtype)
+        new.grid = self.grid[in_idx].clone()
+        new.mask.copy_(self.mask[in_idx][:, out_idx])
+        new.coef.copy_(self.coef[in_idx][:, out_idx])
+        new.scale_base.copy_(self.scale_base[in_idx][:, out_idx])
+        new.scale_spline.copy_(self.scale_spline[in_idx][:, out_idx])
+        new._uniform = self._uniform
+        return new

@@ -1,0 +1,331 @@
+"""KAN and MLP models, parameter matching and cost estimates (lessons 03-06, 08).
+
+``KAN([2, 5, 1])`` stacks ``KANLayer(2, 5)`` and ``KANLayer(5, 1)``. Besides the forward pass it offers
+the operations of the KAN paper (Liu et al. 2024, arXiv 2404.19756):
+
+* ``update_grid(x)``: adapt every layer's grid to the activations that ``x`` produces;
+* ``refine(G, x)``: grid extension, returning a new model with ``G`` intervals per spline;
+* ``regularization_loss(x)``: the paper's sparsity penalty (L1 of edge scales + entropy);
+* ``attribution(x)`` and ``prune(x)``: score nodes/edges by how much of the output flows through
+  them and return a smaller KAN.
+
+All of them keep the learned function (grid operations to within a least-squares refit; pruning
+exactly, up to the paths it removes).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .layers import BASE_ACTIVATIONS, KANLayer, _activation_name
+
+__all__ = ["KAN", "MLP", "count_parameters", "matched_mlp", "mlp_parameter_count", "flops_per_sample"]
+
+
+def _check_widths(widths) -> list[int]:
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) < 2:
+        raise ValueError(f"widths must be a list of at least 2 positive ints, e.g. [2, 5, 1], got {widths!r}")
+    out = []
+    for i, w in enumerate(widths):
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"widths[{i}] must be a positive int, got {w!r} in {list(widths)}")
+        out.append(w)
+    return out
+
+
+class KAN(nn.Module):
+    """A Kolmogorov-Arnold network ``[..., widths[0]] -> [..., widths[-1]]``.
+
+    Args:
+        widths: nodes per layer, e.g. ``[2, 5, 1]``.
+        grid_size, spline_order, grid_range, grid_eps, base_activation, noise_scale, scale_base,
+            scale_spline, learn_scales: passed to every ``KANLayer``.
+        seed: seeds a private generator for the initial weights (the global RNG is not touched);
+            ``None`` draws from the global RNG like ``torch.nn`` layers do.
+    """
+
+    def __init__(self, widths, grid_size: int = 5, spline_order: int = 3, grid_range=(-1.0, 1.0),
+                 grid_eps: float = 0.02, base_activation="silu", noise_scale: float = 0.1,
+                 scale_base: float = 1.0, scale_spline: float = 1.0, learn_scales: bool = True,
+                 seed: int | None = None, device=None, dtype=None):
+        super().__init__()
+        self.widths = _check_widths(widths)
+        self._layer_kwargs = dict(
+            grid_size=grid_size, spline_order=spline_order, grid_range=tuple(float(v) for v in grid_range),
+            grid_eps=grid_eps, base_activation=_activation_name(base_activation), noise_scale=noise_scale,
+            scale_base=scale_base, scale_spline=scale_spline, learn_scales=learn_scales,
+        )
+        self.seed = seed
+        self.layers = nn.ModuleList(
+            KANLayer(a, b, device=device, dtype=dtype, **self._layer_kwargs)
+            for a, b in zip(self.widths[:-1], self.widths[1:])
+        )
+        if seed is not None:
+            gen = torch.Generator().manual_seed(seed)
+            for layer in self.layers:
+                layer.reset_parameters(generator=gen)
+
+    @property
+    def config(self) -> dict:
+        kw = dict(self._layer_kwargs)
+        kw["grid_range"] = list(kw["grid_range"])
+        kw["grid_size"] = self.grid_size
+        return {"widths": list(self.widths), "seed": self.seed, **kw}
+
+    @property
+    def grid_size(self) -> int:
+        return self.layers[0].grid_size
+
+    @property
+    def spline_order(self) -> int:
+        return self.layers[0].spline_order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., widths[0]]`` -> ``[..., widths[-1]]``."""
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def layer_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The input of every layer and the output: ``[x_0, x_1, ..., x_L]`` (no gradient)."""
+        xs = [x.reshape(-1, self.widths[0])]
+        with torch.no_grad():
+            for layer in self.layers:
+                xs.append(layer(xs[-1]))
+        return xs
+
+    # ---- grids ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor) -> None:
+        """Adapt each layer's grid to its inputs on the samples ``x [N, widths[0]]``, layer by layer."""
+        h = x.reshape(-1, self.widths[0])
+        for layer in self.layers:
+            layer.update_grid(h)
+            h = layer(h)
+
+    @torch.no_grad()
+    def refine(self, grid_size: int, x: torch.Tensor | None = None) -> KAN:
+        """Grid extension: a copy of this model with ``grid_size`` intervals per spline, fitted to this
+        model's splines on the layer inputs that ``x`` produces (or a dense sweep of each grid)."""
+        new = copy.deepcopy(self)
+        xs = self.layer_inputs(x) if x is not None else [None] * len(self.layers)
+        for layer, h in zip(new.layers, xs):
+            layer.refine(grid_size, h)
+        new._layer_kwargs["grid_size"] = grid_size
+        return new
+
+    # ---- regularization, attribution, pruning -------------------------------------------------------
+
+    def edge_scales(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer ``|phi_ji|_1 = mean_n |phi_ji(x_i^(n))|``, each ``[out, in]`` (differentiable)."""
+        scales, h = [], x.reshape(-1, self.widths[0])
+        for layer in self.layers:
+            phi = layer.edge_activations(h)  # [N, out, in]
+            scales.append(phi.abs().mean(0))
+            h = phi.sum(-1)
+        return scales
+
+    def regularization_loss(self, x: torch.Tensor, l1: float = 1.0, entropy: float = 2.0, coef: float = 0.0,
+                            coef_diff: float = 0.0) -> torch.Tensor:
+        """The KAN paper's sparsity regularization on inputs ``x [N, widths[0]]`` (a scalar).
+
+        Per layer: ``l1 * sum_ij |phi_ij|_1 + entropy * S`` with ``S = -sum_ij p_ij log p_ij`` and
+        ``p_ij = |phi_ij|_1 / sum |phi|_1``; optionally ``coef * mean|c|`` and ``coef_diff * mean|c_{m+1} - c_m|``
+        (smoothness of the spline coefficients). Builds per-edge tensors: only call it when ``lamb > 0``.
+        """
+        total = x.new_zeros(())
+        for layer, scale in zip(self.layers, self.edge_scales(x)):
+            s = scale.sum()
+            p = scale / (s + 1e-12)
+            total = total + l1 * s + entropy * -(p * torch.log(p + 1e-12)).sum()
+            if coef:
+                total = total + coef * layer.coef.abs().mean()
+            if coef_diff:
+                total = total + coef_diff * layer.coef.diff(dim=-1).abs().mean()
+        return total
+
+    @torch.no_grad()
+    def attribution(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """How much of the output flows through each node and edge, measured on samples ``x``.
+
+        An edge's share of node ``j`` is its output's spread, ``std_n phi_ji(x_i)``, over the summed
+        spread of all edges into ``j``. Output nodes score 1; walking backwards, an edge scores its
+        share times the score of the node it feeds, and a node scores the sum over its outgoing edges.
+
+        Returns:
+            ``(node_scores, edge_scores)``: ``node_scores[l]`` is ``[widths[l]]`` for ``l = 0..L``,
+            ``edge_scores[l]`` is ``[widths[l+1], widths[l]]``.
+        """
+        spreads, h = [], x.reshape(-1, self.widths[0])
+        for layer in self.layers:
+            phi = layer.edge_activations(h)
+            spreads.append(phi.std(0, unbiased=False) if phi.shape[0] > 1 else phi.abs().mean(0))
+            h = phi.sum(-1)
+        node = [None] * (len(self.layers) + 1)
+        edge = [None] * len(self.layers)
+        node[-1] = torch.ones(self.widths[-1], dtype=h.dtype, device=h.device)
+        for l in range(len(self.layers) - 1, -1, -1):
+            share = spreads[l] / (spreads[l].sum(1, keepdim=True) + 1e-12)
+            edge[l] = share * node[l + 1].unsqueeze(1)
+            node[l] = edge[l].sum(0)
+        return node, edge
+
+    @torch.no_grad()
+    def prune(self, x: torch.Tensor, node_threshold: float = 1e-2, edge_threshold: float = 3e-2) -> KAN:
+        """A smaller KAN: hidden nodes scoring below ``node_threshold`` are removed and edges scoring
+        below ``edge_threshold`` are masked (scores from ``attribution(x)``).
+
+        The result computes exactly what this model computes with those nodes' outgoing edges and the
+        weak edges switched off (``mask = 0``); inputs and outputs are never removed.
+        """
+        node, edge = self.attribution(x)
+        keep = [torch.arange(self.widths[0])]
+        for l in range(1, len(self.widths) - 1):
+            k = torch.nonzero(node[l] > node_threshold).flatten()
+            keep.append(k if len(k) else node[l].argmax().view(1))  # never cut the network in two
+        keep.append(torch.arange(self.widths[-1]))
+        new = copy.deepcopy(self)
+        for l, layer in enumerate(new.layers):
+            strong = (edge[l] > edge_threshold).T.to(layer.mask.dtype)  # [in, out]
+            layer.mask.mul_(strong)
+            new.layers[l] = layer.subset(keep[l], keep[l + 1])
+        new.widths = [len(k) for k in keep]
+        return new
+
+    def extra_repr(self) -> str:
+        return f"widths={self.widths}"
+
+
+class MLP(nn.Module):
+    """A plain multilayer perceptron ``[..., widths[0]] -> [..., widths[-1]]``, the usual baseline.
+
+    ``activation`` is one of ``"silu"``, ``"relu"``, ``"tanh"``, ``"gelu"``, ``"identity"``; it is applied after
+    every layer but the last.
+    """
+
+    def __init__(self, widths, activation: str = "silu", bias: bool = True, seed: int | None = None,
+                 device=None, dtype=None):
+        super().__init__()
+        self.widths = _check_widths(widths)
+        name = _activation_name(activation)
+        if name == "zero":
+            raise ValueError("activation must not be 'zero' for an MLP")
+        self.activation, self.bias, self.seed = name, bias, seed
+        self.linears = nn.ModuleList(
+            nn.Linear(a, b, bias=bias, device=device, dtype=dtype) for a, b in zip(self.widths[:-1], self.widths[1:])
+        )
+        if seed is not None:
+            gen = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for lin in self.linears:
+                    bound = 1.0 / math.sqrt(lin.in_features)
+                    lin.weight.copy_((torch.rand(lin.weight.shape, generator=gen) * 2 - 1) * bound)
+                    if lin.bias is not None:
+                        lin.bias.copy_((torch.rand(lin.bias.shape, generator=gen) * 2 - 1) * bound)
+
+    @property
+    def config(self) -> dict:
+        return {"widths": list(self.widths), "activation": self.activation, "bias": self.bias, "seed": self.seed}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = BASE_ACTIVATIONS[self.activation]
+        for i, lin in enumerate(self.linears):
+            x = lin(x)
+            if i < len(self.linears) - 1:
+                x = act(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"widths={self.widths}, activation={self.activation}"
+
+
+# --------------------------------------------------------------------------------------------------
+# counting
+# --------------------------------------------------------------------------------------------------
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters. Buffers such as KAN grids and masks are not counted."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def mlp_parameter_count(widths: Sequence[int], bias: bool = True) -> int:
+    """Parameters of ``MLP(widths)``: ``sum_l (w_l + bias) * w_{l+1}``."""
+    return sum((a + int(bias)) * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def matched_mlp(target, in_features: int | None = None, out_features: int | None = None,
+                hidden_layers: int | None = None, activation: str = "silu", tol: float = 0.05,
+                seed: int | None = None) -> MLP:
+    """An MLP with (nearly) as many parameters as ``target``, a model or a parameter count.
+
+    All hidden layers have one width ``w``, chosen so the count is closest to the target; if that
+    misses by more than ``tol`` (relative), the last hidden layer's width is tuned as well. Widths and
+    depth default to the KAN's (``hidden_layers = len(widths) - 2``, at least 1).
+
+    Raises:
+        ValueError: if no such MLP is within ``tol`` (e.g. a target smaller than the smallest MLP).
+    """
+    if isinstance(target, nn.Module):
+        n_target = count_parameters(target)
+        widths = getattr(target, "widths", None)
+        in_features = in_features or (widths[0] if widths else None)
+        out_features = out_features or (widths[-1] if widths else None)
+        if hidden_layers is None and widths:
+            hidden_layers = max(1, len(widths) - 2)
+    else:
+        n_target = int(target)
+    if in_features is None or out_features is None:
+        raise ValueError("in_features and out_features are needed when target is a number")
+    L = hidden_layers or 1
+    best = None
+    for w in range(1, 4097):
+        widths = [in_features] + [w] * L + [out_features]
+        err = abs(mlp_parameter_count(widths) - n_target)
+        if best is None or err < best[0]:
+            best = (err, widths)
+        if mlp_parameter_count(widths) > n_target:
+            break
+    err, widths = best
+    if err / n_target > tol and L > 1:
+        w = widths[1]
+        for last in range(1, 2 * w + 2):
+            cand = [in_features] + [w] * (L - 1) + [last] + [out_features]
+            e = abs(mlp_parameter_count(cand) - n_target)
+            if e < err:
+                err, widths = e, cand
+    if err / n_target > tol:
+        raise ValueError(
+            f"no MLP with {L} hidden layer(s) has {n_target} parameters within {tol:.0%}: closest is "
+            f"{widths} with {mlp_parameter_count(widths)}"
+        )
+    return MLP(widths, activation=activation, seed=seed)
+
+
+def flops_per_sample(model: nn.Module, sparse: bool = True) -> int:
+    """Rough forward FLOPs per sample (a multiply-add counts 2).
+
+    * ``nn.Linear(a, b)``: ``2ab`` (+ ``b`` for the bias); an activation: about 4 per element.
+    * ``KANLayer(a, b)``: per input, locating the interval and evaluating ``k + 1`` bases by Horner's
+      rule (``2k(k + 1) + 6``) and the base activation (4); then ``2ab(k + 2)`` for the ``k + 1`` non-zero
+      bases plus the residual (``sparse=True``, what kanedu computes), or ``2ab(G + k + 1)`` for the
+      dense matrix formulation (``sparse=False``, what efficient-kan computes).
+    """
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, KANLayer):
+            k, G = mod.spline_order, mod.grid_size
+            a, b = mod.in_features, mod.out_features
+            total += a * (2 * k * (k + 1) + 6 + 4)
+            total += 2 * a * b * ((k + 2) if sparse else (G + k + 1))
+        elif isinstance(mod, nn.Linear):
+            total += 2 * mod.in_features * mod.out_features + (mod.out_features if mod.bias is not None else 0)
+    if isinstance(model, MLP):
+        total += 4 * sum(model.widths[1:-1])
+    return total

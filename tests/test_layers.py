@@ -1,0 +1,226 @@
+"""KANLayer: the fast kernel equals the reference, grid operations keep the function, bad input."""
+
+import pytest
+import torch
+
+from kanedu import KANLayer
+from kanedu.kernels import kan_linear
+from kanedu.splines import adaptive_grid, bspline_basis, curve_to_coef, uniform_grid
+
+
+def rel_change(new, old):
+    return ((new - old).pow(2).mean().sqrt() / old.pow(2).mean().sqrt()).item()
+
+
+def reference(x, weight, grid, k):
+    """Cox-de Boor bases + einsum: y_o = sum_i silu(x_i) W[i,0,o] + sum_m B_m(x_i) W[i,1+m,o]."""
+    B = bspline_basis(x, grid, k, method="reference")
+    phi = torch.cat([torch.nn.functional.silu(x).unsqueeze(-1), B], dim=-1)
+    return torch.einsum("nis,iso->no", phi, weight)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("grid_kind", ["uniform", "adaptive"])
+@pytest.mark.parametrize("spread", [0.9, 2.5])  # inside the grid / partly outside the extended knots
+def test_fast_kernel_equals_reference_forward_and_backward(k, grid_kind, spread):
+    gen = torch.Generator().manual_seed(k)
+    n_in, n_out, G = 4, 3, 7
+    x = (torch.rand(257, n_in, dtype=torch.float64, generator=gen) * 2 - 1) * spread
+    if grid_kind == "uniform":
+        grid = uniform_grid(G, k, dtype=torch.float64).expand(n_in, -1).contiguous()
+    else:
+        grid = adaptive_grid(torch.randn(400, n_in, dtype=torch.float64, generator=gen) * 0.6, G, k, 0.1)
+    W = torch.randn(n_in, G + k + 1, n_out, dtype=torch.float64, generator=gen)
+    g = torch.randn(257, n_out, dtype=torch.float64, generator=gen)
+    xa, Wa = x.clone().requires_grad_(), W.clone().requires_grad_()
+    xb, Wb = x.clone().requires_grad_(), W.clone().requires_grad_()
+    ya = kan_linear(xa, Wa, grid, k, "silu", uniform=grid_kind == "uniform")
+    yb = reference(xb, Wb, grid, k)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=1e-11)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(Wa.grad, Wb.grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("base", ["silu", "tanh", "identity", "relu", None])
+def test_gradcheck_every_path(uniform, base):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(12, 3, dtype=torch.float64, generator=gen) * 3 - 1.5).requires_grad_()
+    if uniform:
+        grid = uniform_grid(4, 3, dtype=torch.float64).expand(3, -1).contiguous()
+    else:
+        grid = adaptive_grid(torch.randn(50, 3, dtype=torch.float64, generator=gen), 4, 3, 0.2)
+    W = torch.randn(3, 8, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, W: kan_linear(x, W, grid, 3, base, uniform), (x, W))
+
+
+def test_layer_forward_equals_edge_by_edge_reference_float32():
+    layer = KANLayer(5, 6, grid_size=8)
+    x = torch.rand(300, 5) * 2.6 - 1.3
+    torch.testing.assert_close(layer(x), layer.forward_reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_float32_large_grid_stays_exact():
+    layer = KANLayer(3, 2, grid_size=200)
+    with torch.no_grad():
+        layer.coef.normal_()
+    x = torch.rand(2000, 3) * 2 - 1
+    ref = layer.double().forward_reference(x.double())
+    fast = layer.float()(x)
+    assert (fast.double() - ref).abs().max() < 1e-4
+
+
+def test_edge_activations_shape_and_sum():
+    layer = KANLayer(3, 4)
+    x = torch.randn(2, 7, 3)
+    phi = layer.edge_activations(x)
+    assert phi.shape == (2, 7, 4, 3)
+    torch.testing.assert_close(phi.sum(-1), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mask_switches_edges_off():
+    layer = KANLayer(2, 2)
+    with torch.no_grad():
+        layer.mask[0, 1] = 0
+    x = torch.randn(10, 2)
+    phi = layer.edge_activations(x)
+    assert (phi[:, 1, 0] == 0).all()
+    torch.testing.assert_close(layer(x), phi.sum(-1), rtol=1e-5, atol=1e-5)
+
+
+def _perturbed(layer, gen, smooth):
+    """Learnable scales moved away from their initial values (efficient-kan's update_grid bug shows up
+    exactly then); optionally smooth, trained-looking splines."""
+    with torch.no_grad():
+        layer.scale_spline.mul_(torch.rand(layer.scale_spline.shape, generator=gen, dtype=torch.float64) * 3 + 0.2)
+        layer.scale_base.add_(torch.randn(layer.scale_base.shape, generator=gen, dtype=torch.float64))
+        if smooth:
+            xs = torch.linspace(-1, 1, 400, dtype=torch.float64)[:, None].expand(-1, layer.in_features)
+            shape = (layer.in_features, layer.out_features)
+            a, b, c = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3))
+            ys = a * torch.sin((b.abs() + 0.5) * xs[:, :, None] + c)
+            layer.coef.copy_(curve_to_coef(xs, ys, layer.grid, layer.spline_order))
+    return layer
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("G", [5, 20])
+@pytest.mark.parametrize("grid_eps", [1.0, 0.02, 0.0])
+@pytest.mark.parametrize("smooth", [False, True])
+def test_update_grid_keeps_the_function_within_1_percent(k, G, grid_eps, smooth):
+    gen = torch.Generator().manual_seed(G + k)
+    layer = _perturbed(KANLayer(3, 4, G, k, grid_eps=grid_eps, dtype=torch.float64), gen, smooth)
+    x = torch.rand(1000, 3, dtype=torch.float64, generator=gen) * 1.9 - 0.95
+    before = layer(x)
+    layer.update_grid(x)
+    assert rel_change(layer(x), before) < 0.01
+    assert not layer._uniform or grid_eps == 1.0
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("new_G", [10, 13, 40])
+def test_refine_keeps_the_function_within_1_percent(k, new_G):
+    gen = torch.Generator().manual_seed(new_G)
+    layer = _perturbed(KANLayer(3, 4, 5, k, dtype=torch.float64), gen, smooth=True)
+    x = torch.rand(1000, 3, dtype=torch.float64, generator=gen) * 2 - 1
+    before = layer(x)
+    layer.refine(new_G)  # no samples: same range, dense sweep
+    assert layer.grid_size == new_G and layer.coef.shape == (3, 4, new_G + k)
+    assert rel_change(layer(x), before) < 0.01
+
+
+def test_refine_to_a_nested_uniform_grid_is_exact():
+    layer = _perturbed(KANLayer(2, 2, 5, 3, dtype=torch.float64), torch.Generator().manual_seed(1), smooth=True)
+    x = torch.rand(500, 2, dtype=torch.float64) * 2 - 1
+    before = layer(x)
+    layer.refine(20)
+    assert rel_change(layer(x), before) < 1e-10
+
+
+def test_refine_with_samples_follows_them():
+    layer = _perturbed(KANLayer(2, 3, 5, 3, dtype=torch.float64), torch.Generator().manual_seed(2), smooth=True)
+    x = torch.rand(800, 2, dtype=torch.float64) * 1.6 - 0.8
+    before = layer(x)
+    layer.refine(12, x)
+    assert rel_change(layer(x), before) < 0.01
+    assert torch.allclose(layer.grid[:, 3], x.min(0).values) and torch.allclose(layer.grid[:, -4], x.max(0).values)
+
+
+def test_state_dict_round_trip_keeps_adapted_grid():
+    a = KANLayer(3, 2, grid_eps=0.0)
+    a.update_grid(torch.randn(200, 3))
+    b = KANLayer(3, 2)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(50, 3)
+    torch.testing.assert_close(a(x), b(x))
+    assert not b._uniform
+
+
+def test_to_double_and_repr():
+    layer = KANLayer(2, 3).double()
+    assert layer(torch.randn(4, 2, dtype=torch.float64)).dtype == torch.float64
+    assert "grid_size=5" in repr(layer)
+
+
+def test_reset_parameters_with_generator_is_reproducible_and_leaves_global_rng_alone():
+    a, b = KANLayer(3, 3), KANLayer(3, 3)
+    state = torch.get_rng_state()
+    a.reset_parameters(torch.Generator().manual_seed(5))
+    b.reset_parameters(torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(a.coef, b.coef)
+    torch.testing.assert_close(a.scale_base, b.scale_base)
+
+
+def test_any_order_works_including_unusual_ones():
+    for k in (1, 2, 4, 6):
+        layer = KANLayer(2, 2, grid_size=6, spline_order=k)
+        x = torch.rand(40, 2) * 2 - 1
+        torch.testing.assert_close(layer(x), layer.forward_reference(x), rtol=1e-5, atol=1e-5)
+    layer0 = KANLayer(2, 2, spline_order=0)  # piecewise constant: reference path
+    assert layer0(torch.zeros(3, 2)).shape == (3, 2)
+
+
+def test_custom_base_activation_name_and_module():
+    for act in ("gelu", torch.nn.Tanh, torch.nn.GELU):
+        layer = KANLayer(2, 2, base_activation=act)
+        x = torch.randn(9, 2, requires_grad=True)
+        layer(x).sum().backward()
+        torch.testing.assert_close(layer(x), layer.forward_reference(x), rtol=1e-5, atol=1e-5)
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+
+
+def test_wrong_last_dimension():
+    with pytest.raises(ValueError, match=r"in_features=3, got shape \(5, 4\)"):
+        KANLayer(3, 2)(torch.zeros(5, 4))
+
+
+def test_integer_input():
+    with pytest.raises(TypeError, match="floating-point.*torch.int64"):
+        KANLayer(3, 2)(torch.zeros(5, 3, dtype=torch.long))
+
+
+def test_grid_size_below_one():
+    with pytest.raises(ValueError, match="grid_size must be >= 1, got 0"):
+        KANLayer(3, 2, grid_size=0)
+
+
+def test_negative_spline_order():
+    with pytest.raises(ValueError, match="spline_order must be >= 0, got -1"):
+        KANLayer(3, 2, spline_order=-1)
+
+
+def test_bad_widths_and_activation():
+    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+        KANLayer(0, 2)
+    with pytest.raises(ValueError, match="base_activation must be one of"):
+        KANLayer(2, 2, base_activation="swish2")
+
+
+def test_dtype_mismatch_is_explained():
+    with pytest.raises(TypeError, match="layer.to"):
+        KANLayer(2, 2)(torch.zeros(3, 2, dtype=torch.float64))
