@@ -16,8 +16,10 @@ leaves the previous file untouched.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import stat
 import tempfile
 from typing import Any
 
@@ -51,6 +53,14 @@ def _plain(value: Any, where: str) -> Any:
                      "bool, int, float, str, lists, tuples and dicts (give functions and classes by name)")
 
 
+def _file_mode(path: str) -> int:
+    """The permissions a plain ``open(path, "w")`` would give (mkstemp's temporary files are 0o600)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)  # keep the mode of the file being replaced
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def save(model: torch.nn.Module, path: str | os.PathLike, extra: dict | None = None) -> None:
@@ -88,20 +98,18 @@ def save(model: torch.nn.Module, path: str | os.PathLike, extra: dict | None = N
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt included: never leave a half-written temporary file
-        os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
-    try:  # make the rename itself durable (POSIX; directories cannot be opened on Windows)
+    with contextlib.suppress(OSError):  # make the rename durable too (POSIX; Windows cannot open directories)
         dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def read(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

@@ -103,6 +103,19 @@ def test_float64_models_stay_float64(tmp_path):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        checkpoint.save(tiny(), tmp_path / "new.pt")
+        assert (tmp_path / "new.pt").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0o600
+        (tmp_path / "new.pt").chmod(0o640)
+        checkpoint.save(tiny(), tmp_path / "new.pt")
+        assert (tmp_path / "new.pt").stat().st_mode & 0o777 == 0o640  # replacing keeps the old mode
+    finally:
+        os.umask(umask)
+
+
 @pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()])
 def test_interrupted_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch, error):
     path = tmp_path / "model.pt"
