@@ -75,9 +75,14 @@ class KANLayer(nn.Module):
         grid_eps: blend used by ``update_grid``: 1 = uniform over the samples, 0 = sample quantiles.
         base_activation: ``"silu"`` (default), ``"identity"``, ``"tanh"``, ``"relu"``, ``"gelu"``, ``"zero"``
             (no residual), or the matching ``torch.nn`` class.
-        noise_scale: std of the initial spline coefficients (pykan: 0.1, giving near-linear edges
-            plus small wiggles); ``scale_base``/``scale_spline``: initial ``w_b`` and ``w_s`` scale.
+        noise_scale: std of the initial spline coefficients is ``noise_scale / G`` (small wiggles).
+        scale_base, scale_base_noise: ``w_b = (scale_base + scale_base_noise * U(-1, 1)) / sqrt(in)``.
+            Starting every edge near the same positive residual (as the KAN paper's code did) makes small
+            KANs such as ``[2, 1, 1]`` train reliably; random-sign ``w_b`` left 3 of 5 seeds stuck at a
+            test RMSE of 0.6 on exp(sin(pi x) + y^2).
+        scale_spline: ``w_s = scale_spline / sqrt(in)``.
         learn_scales: train ``w_b`` and ``w_s`` (True) or keep them fixed.
+        generator: a ``torch.Generator`` for the initial weights (default: the global RNG, as ``nn.Linear``).
 
     Shapes: ``coef [in, out, G + k]``, ``scale_base``/``scale_spline``/``mask`` ``[in, out]``,
     ``grid [in, G + 2k + 1]`` (a buffer, saved in the state dict).
@@ -85,8 +90,8 @@ class KANLayer(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
                  grid_range=(-1.0, 1.0), grid_eps: float = 0.02, base_activation="silu",
-                 noise_scale: float = 0.1, scale_base: float = 1.0, scale_spline: float = 1.0,
-                 learn_scales: bool = True, device=None, dtype=None):
+                 noise_scale: float = 0.1, scale_base: float = 1.0, scale_base_noise: float = 0.1,
+                 scale_spline: float = 1.0, learn_scales: bool = True, generator: torch.Generator | None = None, device=None, dtype=None):
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -100,6 +105,7 @@ class KANLayer(nn.Module):
         self.grid_eps = float(grid_eps)
         self.base_activation = _activation_name(base_activation)
         self.noise_scale, self.init_scale_base, self.init_scale_spline = noise_scale, scale_base, scale_spline
+        self.scale_base_noise = scale_base_noise
         self.learn_scales = learn_scales
         fk = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         n = self.grid_size + self.spline_order
@@ -110,18 +116,19 @@ class KANLayer(nn.Module):
         self.scale_base = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=learn_scales)
         self.scale_spline = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=learn_scales)
         self._uniform = True
-        self.reset_parameters()
+        self.reset_parameters(generator)
 
     # ---- construction ------------------------------------------------------------------------------
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """pykan-style init: ``w_b ~ scale_base * U(-1, 1) / sqrt(in)``, ``w_s = scale_spline / sqrt(in)``,
-        spline coefficients small noise (std ``noise_scale / G``), so edges start as a residual plus
-        small wiggles. Pass a ``generator`` for reproducible init without touching the global RNG."""
+        """Initial weights: ``w_b = (scale_base + scale_base_noise * U(-1, 1)) / sqrt(in)``,
+        ``w_s = scale_spline / sqrt(in)``, spline coefficients ``N(0, (noise_scale / G)^2)``, so every
+        edge starts as a residual plus small wiggles. A ``generator`` makes it reproducible without
+        touching the global RNG."""
         with torch.no_grad():
             bound = 1.0 / math.sqrt(self.in_features)
             u = torch.rand(self.scale_base.shape, generator=generator, dtype=self.coef.dtype)
-            self.scale_base.copy_(self.init_scale_base * bound * (2 * u - 1))
+            self.scale_base.copy_((self.init_scale_base + self.scale_base_noise * (2 * u - 1)) * bound)
             self.scale_spline.fill_(self.init_scale_spline * bound)
             noise = torch.randn(self.coef.shape, generator=generator, dtype=self.coef.dtype)
             self.coef.copy_(noise * self.noise_scale / self.grid_size)
@@ -134,7 +141,8 @@ class KANLayer(nn.Module):
             "in_features": self.in_features, "out_features": self.out_features, "grid_size": self.grid_size,
             "spline_order": self.spline_order, "grid_range": list(self.grid_range), "grid_eps": self.grid_eps,
             "base_activation": self.base_activation, "noise_scale": self.noise_scale,
-            "scale_base": self.init_scale_base, "scale_spline": self.init_scale_spline,
+            "scale_base": self.init_scale_base, "scale_base_noise": self.scale_base_noise,
+            "scale_spline": self.init_scale_spline,
             "learn_scales": self.learn_scales,
         }
 
@@ -223,8 +231,13 @@ class KANLayer(nn.Module):
         target = self.spline_values(x)  # [N, in, out], before the grid changes
         ridge = 1e-10 if x.shape[0] < 2 * (new_grid_size + self.spline_order) else 0.0
         coef = curve_to_coef(x, target, new_grid, self.spline_order, ridge=ridge)
-        self.grid = new_grid.contiguous()
-        self.coef = nn.Parameter(coef.contiguous(), requires_grad=self.coef.requires_grad)
+        if coef.shape == self.coef.shape:
+            # in place, so an optimizer that holds these tensors keeps training them (update_grid in fit)
+            self.grid.copy_(new_grid)
+            self.coef.copy_(coef)
+        else:  # refine: new shapes, a new parameter (call it between fits)
+            self.grid = new_grid.contiguous()
+            self.coef = nn.Parameter(coef.contiguous(), requires_grad=self.coef.requires_grad)
         self.grid_size = new_grid_size
         self._uniform = is_uniform(self.grid)
 

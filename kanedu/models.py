@@ -44,31 +44,30 @@ class KAN(nn.Module):
     Args:
         widths: nodes per layer, e.g. ``[2, 5, 1]``.
         grid_size, spline_order, grid_range, grid_eps, base_activation, noise_scale, scale_base,
-            scale_spline, learn_scales: passed to every ``KANLayer``.
+            scale_base_noise, scale_spline, learn_scales: passed to every ``KANLayer``.
         seed: seeds a private generator for the initial weights (the global RNG is not touched);
             ``None`` draws from the global RNG like ``torch.nn`` layers do.
     """
 
     def __init__(self, widths, grid_size: int = 5, spline_order: int = 3, grid_range=(-1.0, 1.0),
                  grid_eps: float = 0.02, base_activation="silu", noise_scale: float = 0.1,
-                 scale_base: float = 1.0, scale_spline: float = 1.0, learn_scales: bool = True,
+                 scale_base: float = 1.0, scale_base_noise: float = 0.1, scale_spline: float = 1.0,
+                 learn_scales: bool = True,
                  seed: int | None = None, device=None, dtype=None):
         super().__init__()
         self.widths = _check_widths(widths)
         self._layer_kwargs = dict(
             grid_size=grid_size, spline_order=spline_order, grid_range=tuple(float(v) for v in grid_range),
             grid_eps=grid_eps, base_activation=_activation_name(base_activation), noise_scale=noise_scale,
-            scale_base=scale_base, scale_spline=scale_spline, learn_scales=learn_scales,
+            scale_base=scale_base, scale_base_noise=scale_base_noise, scale_spline=scale_spline,
+            learn_scales=learn_scales,
         )
         self.seed = seed
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self.layers = nn.ModuleList(
-            KANLayer(a, b, device=device, dtype=dtype, **self._layer_kwargs)
+            KANLayer(a, b, generator=gen, device=device, dtype=dtype, **self._layer_kwargs)
             for a, b in zip(self.widths[:-1], self.widths[1:])
         )
-        if seed is not None:
-            gen = torch.Generator().manual_seed(seed)
-            for layer in self.layers:
-                layer.reset_parameters(generator=gen)
 
     @property
     def config(self) -> dict:
@@ -217,9 +216,10 @@ class MLP(nn.Module):
         if name == "zero":
             raise ValueError("activation must not be 'zero' for an MLP")
         self.activation, self.bias, self.seed = name, bias, seed
-        self.linears = nn.ModuleList(
-            nn.Linear(a, b, bias=bias, device=device, dtype=dtype) for a, b in zip(self.widths[:-1], self.widths[1:])
-        )
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):  # a seed leaves the global RNG alone
+            self.linears = nn.ModuleList(
+                nn.Linear(a, b, bias=bias, device=device, dtype=dtype) for a, b in zip(self.widths[:-1], self.widths[1:])
+            )
         if seed is not None:
             gen = torch.Generator().manual_seed(seed)
             with torch.no_grad():

@@ -224,3 +224,10 @@ def test_bad_widths_and_activation():
 def test_dtype_mismatch_is_explained():
     with pytest.raises(TypeError, match="layer.to"):
         KANLayer(2, 2)(torch.zeros(3, 2, dtype=torch.float64))
+
+
+def test_update_grid_updates_parameters_in_place_so_optimizers_keep_them():
+    layer = KANLayer(2, 2)
+    ids = (id(layer.coef), layer.coef.data_ptr(), layer.grid.data_ptr())
+    layer.update_grid(torch.randn(100, 2))
+    assert (id(layer.coef), layer.coef.data_ptr(), layer.grid.data_ptr()) == ids
