@@ -35,7 +35,7 @@ import torch.nn.functional as F
 # --------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _uniform_poly(k: int) -> np.ndarray:
     """Coefficients ``C[p, j]``: local uniform basis ``j`` is ``sum_p C[p, j] s^p`` on ``s in [0, 1]``.
 
@@ -170,7 +170,8 @@ class Local:
         """Inverse of ``pad_weight`` for a gradient ``[in, P, out]`` -> ``[in, n + 1, out]``."""
         if not self.padded:
             return gw
-        return torch.cat([gw[:, self.base_slot : self.base_slot + 1], gw[:, self.first_basis : self.first_basis + n]], 1)
+        base = gw[:, self.base_slot : self.base_slot + 1]
+        return torch.cat([base, gw[:, self.first_basis : self.first_basis + n]], 1)
 
 
 def _stack_first(cols):

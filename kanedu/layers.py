@@ -91,7 +91,8 @@ class KANLayer(nn.Module):
     def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
                  grid_range=(-1.0, 1.0), grid_eps: float = 0.02, base_activation="silu",
                  noise_scale: float = 0.1, scale_base: float = 1.0, scale_base_noise: float = 0.1,
-                 scale_spline: float = 1.0, learn_scales: bool = True, generator: torch.Generator | None = None, device=None, dtype=None):
+                 scale_spline: float = 1.0, learn_scales: bool = True, generator: torch.Generator | None = None,
+                 device=None, dtype=None):
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -218,7 +218,8 @@ class MLP(nn.Module):
         self.activation, self.bias, self.seed = name, bias, seed
         with torch.random.fork_rng(devices=[], enabled=seed is not None):  # a seed leaves the global RNG alone
             self.linears = nn.ModuleList(
-                nn.Linear(a, b, bias=bias, device=device, dtype=dtype) for a, b in zip(self.widths[:-1], self.widths[1:])
+                nn.Linear(a, b, bias=bias, device=device, dtype=dtype)
+                for a, b in zip(self.widths[:-1], self.widths[1:])
             )
         if seed is not None:
             gen = torch.Generator().manual_seed(seed)
