@@ -16,8 +16,8 @@ Two ways to find the local values:
 * uniform knots (the default grid): ``floor`` gives the interval, and the ``k + 1`` bases are fixed
   polynomials of the local coordinate ``s in [0, 1]``, evaluated by Horner's rule in ``k`` fused
   multiply-adds over all of them at once;
-* any knots (adaptive grids): ``searchsorted`` gives the interval and de Boor's triangular
-  recursion the ``k + 1`` values from the ``2k`` surrounding knots.
+* any knots (adaptive grids): ``searchsorted`` gives the interval; on it the bases are again fixed
+  polynomials of a local coordinate, with per-interval coefficients tabulated once per grid.
 
 Tests hold both to the Cox-de Boor reference in ``kanedu.splines``.
 """
@@ -67,77 +67,54 @@ def _poly_tensors(k: int, dtype: torch.dtype, device: torch.device):
     return C, D
 
 
-def _horner(s: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """``sum_p coef[p] s^p`` for every basis at once: ``s [...]``, ``coef [P, k+1]`` -> ``[..., k+1]``."""
-    if coef.shape[0] == 1:
-        return coef[0].expand(*s.shape, coef.shape[1])
-    s = s.unsqueeze(-1)
-    out = torch.addcmul(coef[-2], s, coef[-1])
-    for p in range(coef.shape[0] - 3, -1, -1):
-        out = torch.addcmul(coef[p], out, s)
-    return out
+_TABLES: dict = {}
 
 
-def uniform_local(s: torch.Tensor, k: int, derivative: bool = False) -> torch.Tensor:
-    """The ``k + 1`` non-zero uniform bases (or their ``d/ds``) at local coordinate ``s``; ``[..., k+1]``."""
-    C, D = _poly_tensors(k, s.dtype, s.device)
-    if derivative:
-        if k == 0:
-            return torch.zeros(*s.shape, 1, dtype=s.dtype, device=s.device)
-        return _horner(s, D)
-    return _horner(s, C)
+def interval_table(grid: torch.Tensor, k: int):
+    """Polynomial coefficients of the ``k + 1`` non-zero bases on every interval of every feature.
 
+    On interval ``[t_i, t_{i+1})`` with local coordinate ``s = (x - t_i) / (t_{i+1} - t_i)`` in ``[0, 1)``,
+    basis ``B_{i-k+j}(x) = sum_p T[f, i+1, p, j] s^p`` exactly (a polynomial of degree ``k``). The table
+    is found by evaluating the Cox-de Boor reference at ``k + 1`` Chebyshev nodes per interval and
+    solving the small Vandermonde systems in float64. Rows 0 and ``m`` (left of the first knot, right of
+    the last) and empty intervals are zero.
 
-def general_local(x: torch.Tensor, knots: torch.Tensor, i: torch.Tensor, k: int, derivative: bool):
-    """De Boor's triangular recursion: the ``k + 1`` non-zero bases at ``x`` on interval ``i``.
-
-    Args:
-        x: ``[N, in]``; knots: ``[in, M]`` padded so that indices ``i - k .. i + k + 1`` exist;
-        i: ``[N, in]`` interval index into ``knots`` (``knots[i] <= x < knots[i+1]``).
-
-    Returns:
-        values ``[N, in, k+1]`` for bases ``i-k .. i`` and, if asked, their ``d/dx``.
+    Returns ``(T [in, m+1, k+1, k+1], t_left [in, m+1], inv_width [in, m+1])`` in ``grid``'s dtype; cached
+    per grid (keyed on its storage, version and values).
     """
-    offs = torch.arange(-k, k + 2, device=x.device)
-    t = torch.gather(knots.unsqueeze(0).expand(i.shape[0], -1, -1), 2, i.unsqueeze(-1) + offs)
+    key = (grid.data_ptr(), grid._version, tuple(grid.shape), grid.dtype, grid.device, k,
+           float(grid.double().sum()), float(grid.double().square().sum()))
+    if key in _TABLES:
+        return _TABLES[key]
+    from .splines import cox_de_boor
 
-    def knot(a):  # knot i + a; t[..., r] holds knot i - k + r
-        return t[..., a + k]
-
-    N = [torch.ones_like(x)]
-    lower = N
-    for j in range(1, k + 1):
-        left = [None] + [x - knot(1 - r) for r in range(1, j + 1)]  # left[r] = x - t_{i+1-r}
-        right = [None] + [knot(r) - x for r in range(1, j + 1)]  # right[r] = t_{i+r} - x
-        saved = torch.zeros_like(x)
-        nxt = []
-        for r in range(j):
-            temp = N[r] / (right[r + 1] + left[j - r])
-            nxt.append(saved + right[r + 1] * temp)
-            saved = left[j - r] * temp
-        nxt.append(saved)
-        if j == k:
-            lower = N
-        N = nxt
-    values = torch.stack(N, dim=-1)
-    if not derivative:
-        return values, None
-    if k == 0:
-        return values, torch.zeros_like(values)
-    # dB_{m,k}/dx = k [B_{m,k-1} / (t_{m+k} - t_m) - B_{m+1,k-1} / (t_{m+k+1} - t_{m+1})], m = i - k + r
-    zero = torch.zeros_like(x)
-    low = [zero] + list(lower) + [zero]  # low[r] = B_{i-k+r, k-1}, r = 0..k+1 (ends are zero)
-    d = []
-    for r in range(k + 1):
-        a = low[r] / (knot(r) - knot(r - k)).clamp_min(1e-30)  # m = i-k+r: t_{m+k} - t_m
-        b = low[r + 1] / (knot(r + 1) - knot(r - k + 1)).clamp_min(1e-30)
-        d.append(k * (a - b))
-    return values, torch.stack(d, dim=-1)
-
-
-# --------------------------------------------------------------------------------------------------
-# locating x: which k + 1 bases are non-zero, and their values
-# --------------------------------------------------------------------------------------------------
+    g = grid.detach().double()
+    n_in, m = g.shape
+    n = m - k - 1
+    nodes = (1 - torch.cos(torch.pi * (torch.arange(k + 1, dtype=torch.float64) + 0.5) / (k + 1))) / 2
+    left, right = g[:, :-1], g[:, 1:]  # [in, m-1] intervals
+    width = right - left
+    x = left.unsqueeze(-1) + width.unsqueeze(-1) * nodes  # [in, m-1, k+1]
+    B = cox_de_boor(x.permute(1, 2, 0).reshape(-1, n_in), g, k)  # [(m-1)*(k+1), in, n]
+    B = B.view(m - 1, k + 1, n_in, n).permute(2, 0, 1, 3)  # [in, interval, node, basis]
+    # the k+1 bases that can be non-zero on interval i: i-k .. i (missing ones, beyond the ends, are 0)
+    pad = torch.zeros(n_in, m - 1, k + 1, k, dtype=torch.float64)
+    Bp = torch.cat([pad, B, pad], dim=-1)  # basis b sits at column b + k
+    cols = torch.arange(m - 1).view(-1, 1) + torch.arange(k + 1).view(1, -1)  # (i - k + j) + k
+    local = torch.gather(Bp, 3, cols.view(1, m - 1, 1, k + 1).expand(n_in, -1, k + 1, -1))
+    V = nodes.unsqueeze(-1) ** torch.arange(k + 1, dtype=torch.float64)  # [node, power]
+    coef = torch.linalg.solve(V, local)  # [in, interval, power, basis]
+    coef = torch.where((width > 0).view(n_in, m - 1, 1, 1), coef, 0.0)
+    zero = torch.zeros(n_in, 1, k + 1, k + 1, dtype=torch.float64)
+    T = torch.cat([zero, coef, zero], dim=1)
+    t_left = torch.cat([g[:, :1], left, g[:, -1:]], dim=1)
+    inv_w = torch.where(width > 0, 1.0 / torch.where(width > 0, width, 1.0), 0.0)
+    inv_w = torch.cat([torch.zeros(n_in, 1, dtype=torch.float64), inv_w, torch.zeros(n_in, 1, dtype=torch.float64)], 1)
+    out = tuple(t.to(grid.dtype).to(grid.device).contiguous() for t in (T, t_left, inv_w))
+    if len(_TABLES) >= 16:
+        _TABLES.pop(next(iter(_TABLES)))
+    _TABLES[key] = out
+    return out
 
 
 class Local:
@@ -210,16 +187,32 @@ def locate(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, derivativ
             dvalues = _horner_first(s, D) * inv_h.to(x.dtype) if k > 0 else torch.zeros_like(values)
         i = i.long()
     else:
-        # pad the knots by k + 1 on each side so the recursion always finds its 2k + 2 knots
-        step = ((grid[:, -1] - grid[:, 0]) / (m - 1)).clamp_min(1e-6)[:, None]
-        ar = torch.arange(1, k + 2, dtype=grid.dtype, device=grid.device)
-        knots = torch.cat([grid[:, :1] - step * ar.flip(0), grid, grid[:, -1:] + step * ar], dim=1)
-        i = (torch.searchsorted(knots, xd.T.contiguous(), right=True).T - 2 - k).contiguous()  # in grid
-        i = i.clamp_(lo_i, hi_i)
-        xe = xd if inside else torch.minimum(torch.maximum(xd, knots[:, 0]), knots[:, -1])
-        values, dvalues = general_local(xe, knots, i + k + 1, k, derivative)
-        values = values.permute(2, 0, 1).contiguous()
-        dvalues = dvalues.permute(2, 0, 1).contiguous() if dvalues is not None else None
+        # any knots: find the interval, then the bases are fixed polynomials of the interval's local
+        # coordinate, with coefficients tabulated once per grid (see interval_table)
+        table, t_left, inv_w = interval_table(grid, k)
+        i = torch.searchsorted(grid, xd.T.contiguous(), right=True).T - 1  # [N, in], -1 .. m-1
+        i = i.clamp_(lo_i, hi_i).contiguous()
+        row = i + 1 + _arange(n_in, torch.int64, x.device) * (m + 1)  # row of (feature, interval)
+        row = row.view(-1)
+        left = t_left.view(-1).index_select(0, row).view(N, n_in)
+        s = (xd - left) * inv_w.view(-1).index_select(0, row).view(N, n_in)
+        if not inside:
+            s = s.clamp_(-1.0, 2.0)
+        coef = table.view(-1, (k + 1) * (k + 1)).index_select(0, row)  # [N*in, powers*bases]
+        coef = coef.T.reshape(k + 1, k + 1, N, n_in)  # [power, basis, N, in]
+        s = s.unsqueeze(0)
+        values = coef[k]
+        for p in range(k - 1, -1, -1):
+            values = torch.addcmul(coef[p], values, s)
+        dvalues = None
+        if derivative:
+            if k == 0:
+                dvalues = torch.zeros_like(values)
+            else:
+                dvalues = coef[k] * k
+                for p in range(k - 1, 0, -1):
+                    dvalues = torch.addcmul(coef[p] * p, dvalues, s)
+                dvalues = dvalues * inv_w.view(-1).index_select(0, row).view(1, N, n_in)
 
     if inside:
         P, base_slot, first_basis = n + 1, 0, 1

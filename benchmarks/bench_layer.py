@@ -1,0 +1,139 @@
+"""KANLayer speed and activation memory against a dense matmul of the same size, measured in one run.
+
+For a layer in -> out with G intervals and order k, the baseline is the dense product a KAN layer
+reduces to, ``[B, in*(G+k+1)] @ [in*(G+k+1), out]``, forward + backward (what ``nn.Linear`` on the
+expanded features costs). Peers (pykan, flashkan) are timed when installed, skipped otherwise.
+
+Run: python benchmarks/bench_layer.py [--threads 2] [--rounds 7]
+Targets (issue 3): uniform G=5 (64->64, B=1024) <= 2.0x; uniform G=50 (32->32, B=512) <= 1.0x;
+adaptive G=5 <= 5x; saved activations <= those of nn.Linear(in*(G+k), out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import median_time  # noqa: E402
+
+from kanedu import KANLayer  # noqa: E402
+
+
+def saved_bytes(fn, params) -> int:
+    """Bytes of the non-parameter tensors autograd saves for backward during ``fn()``."""
+    skip = {p.data_ptr() for p in params}
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        if t.data_ptr() not in skip:
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def fwd_bwd(module_or_fn, x, g):
+    def step():
+        y = module_or_fn(x)
+        if isinstance(y, tuple):  # pykan's KANLayer returns (y, preacts, postacts, postspline)
+            y = y[0]
+        y.backward(g)
+
+    return step
+
+
+def peers(n_in, n_out, G, k):
+    out = {}
+    try:
+        import kan  # pykan
+
+        layer = kan.KANLayer(in_dim=n_in, out_dim=n_out, num=G, k=k, device="cpu")
+        out["pykan"] = layer
+    except Exception as e:  # noqa: BLE001 - any import/constructor failure means "not available"
+        out["pykan"] = f"skipped ({type(e).__name__}: {e})"[:90]
+    try:
+        import flashkan
+
+        if k != 3:
+            raise ValueError("flashkan is cubic only")
+        out["flashkan (compiled)"] = flashkan.KANLayer(n_in, n_out, grid_size=G, spline_order=k)
+    except Exception as e:  # noqa: BLE001
+        out["flashkan (compiled)"] = f"skipped ({type(e).__name__}: {e})"[:90]
+    return out
+
+
+def run_case(name, B, n_in, n_out, G, k, adaptive, rounds, with_peers):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(B, n_in, generator=gen) * 2 - 1).requires_grad_()
+    g = torch.randn(B, n_out, generator=gen)
+    layer = KANLayer(n_in, n_out, grid_size=G, spline_order=k, grid_eps=0.02)
+    if adaptive:
+        layer.update_grid(torch.randn(4096, n_in, generator=gen).clamp(-3, 3) * 0.5)
+        assert not layer._uniform
+    D = n_in * (G + k + 1)
+    X = torch.randn(B, D, generator=gen, requires_grad=True)
+    W = torch.randn(n_out, D, generator=gen, requires_grad=True)
+    cands = {"dense matmul (baseline)": fwd_bwd(lambda X: torch.nn.functional.linear(X, W), X, g),
+             "kanedu": fwd_bwd(layer, x, g)}
+    skipped = {}
+    if with_peers:
+        for pname, p in peers(n_in, n_out, G, k).items():
+            if isinstance(p, str):
+                skipped[pname] = p
+            else:
+                cands[pname] = fwd_bwd(p, x, g)
+    times = {c: [] for c in cands}
+    for _ in range(rounds):  # interleave, so drift on a shared machine hits every candidate alike
+        for c, fn in cands.items():
+            times[c].append(median_time(fn, repeat=5, warmup=2))
+    med = {c: statistics.median(t) for c, t in times.items()}
+    base = med["dense matmul (baseline)"]
+    print(f"\n{name}: B={B}, {n_in}->{n_out}, G={G}, k={k}, {'adaptive' if adaptive else 'uniform'} grid")
+    print(f"  {'implementation':28s} {'ms (fwd+bwd)':>12s} {'x matmul':>9s}")
+    for c in cands:
+        print(f"  {c:28s} {med[c] * 1e3:12.3f} {med[c] / base:9.2f}")
+    for c, why in skipped.items():
+        print(f"  {c:28s} {why}")
+    # activation memory saved for backward vs nn.Linear(in*(G+k), out) on the same batch
+    lin = torch.nn.Linear(n_in * (G + k), n_out)
+    Xl = torch.randn(B, n_in * (G + k), requires_grad=True)
+    mem_k = saved_bytes(lambda: layer(x), list(layer.parameters()))
+    mem_l = saved_bytes(lambda: lin(Xl), list(lin.parameters()))
+    print(f"  saved for backward: kanedu {mem_k / 2**10:.0f} KiB vs nn.Linear({n_in * (G + k)}, {n_out}) "
+          f"{mem_l / 2**10:.0f} KiB ({mem_k / mem_l:.3f}x)")
+    return med["kanedu"] / base, mem_k / mem_l
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--no-peers", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU")
+    results = {
+        "uniform G=5": (run_case("uniform G=5", 1024, 64, 64, 5, 3, False, args.rounds, not args.no_peers), 2.0),
+        "uniform G=50": (run_case("uniform G=50", 512, 32, 32, 50, 3, False, args.rounds, not args.no_peers), 1.0),
+        "adaptive G=5": (run_case("adaptive G=5", 1024, 64, 64, 5, 3, True, args.rounds, False), 5.0),
+    }
+    print("\nsummary (kanedu / dense matmul, fwd+bwd; target):")
+    for name, ((ratio, mem), target) in results.items():
+        status = "meets" if ratio <= target else "MISSES"
+        print(f"  {name:14s} {ratio:5.2f}x (target <= {target}x: {status}); saved activations {mem:.3f}x nn.Linear")
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    main()
+    print(f"\n({time.time() - t0:.0f} s)")

@@ -1,0 +1,99 @@
+"""The KAN paper's grid-extension protocol, in kanedu and (when installed) pykan, timed in one run.
+
+exp(sin(pi x) + y^2) on [-1, 1]^2, 1000 train / 1000 test points, float64; models [2,1,1] and [2,5,1];
+grids 3 -> 5 -> 10 -> 20 -> 50 with 50 LBFGS steps per grid (grid updates during the first 50 steps,
+as pykan does by default). Prints the test RMSE per grid and the seconds, and kanedu's speed-up over
+pykan on the same schedule.
+
+Run: python benchmarks/bench_train.py [--threads 2] [--no-pykan]
+Targets (issue 4): [2,1,1] test RMSE < 2e-4 by G=20; at least 10x faster than pykan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import time
+
+import torch
+
+import kanedu
+from kanedu.data import toy_dataset
+
+GRIDS = (3, 5, 10, 20, 50)
+STEPS = 50
+
+
+def run_kanedu(widths, ds, seed=0):
+    model = kanedu.KAN(widths, grid_size=GRIDS[0], seed=seed)
+    rows, t0 = [], time.perf_counter()
+    for G in GRIDS:
+        if G != GRIDS[0]:
+            model = model.refine(G, ds["train_input"])
+        h = kanedu.fit(model, ds, opt="LBFGS", steps=STEPS, update_grid=True, progress=False, seed=seed)
+        rows.append((G, h.last["train_rmse"], h.last["test_rmse"], time.perf_counter() - t0))
+    return rows
+
+
+def run_pykan(widths, ds, seed=0):
+    from kan import KAN as PyKAN
+
+    model = PyKAN(width=list(widths), grid=GRIDS[0], k=3, seed=seed, auto_save=False, device="cpu")
+    rows, t0 = [], time.perf_counter()
+    for G in GRIDS:
+        if G != GRIDS[0]:
+            model = model.refine(G)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            model.fit(ds, opt="LBFGS", steps=STEPS)
+        with torch.no_grad():
+            pred = model(ds["train_input"])
+            tr = (pred - ds["train_label"]).pow(2).mean().sqrt().item()
+            te = (model(ds["test_input"]) - ds["test_label"]).pow(2).mean().sqrt().item()
+        rows.append((G, tr, te, time.perf_counter() - t0))
+    return rows
+
+
+def show(name, rows):
+    print(f"  {name}")
+    print(f"    {'G':>4} {'train RMSE':>11} {'test RMSE':>11} {'seconds':>8}")
+    for G, tr, te, s in rows:
+        print(f"    {G:>4} {tr:11.3e} {te:11.3e} {s:8.1f}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-pykan", action="store_true")
+    args = p.parse_args()
+    kanedu.configure_cpu(threads=args.threads)
+    torch.set_default_dtype(torch.float64)
+    ds = toy_dataset("exp_sin_sq", n_train=1000, n_test=1000, seed=0)
+    try:
+        import kan  # noqa: F401
+
+        have_pykan = not args.no_pykan
+        why = "" if have_pykan else "disabled with --no-pykan"
+    except ImportError:
+        have_pykan, why = False, "pykan is not installed (pip install pykan): skipped"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, "
+          f"grids {GRIDS}, {STEPS} LBFGS steps each")
+    for widths in ([2, 1, 1], [2, 5, 1]):
+        print(f"\nKAN {widths}")
+        ours = run_kanedu(widths, ds)
+        show("kanedu", ours)
+        if widths == [2, 1, 1]:
+            rmse20 = dict((G, te) for G, _, te, _ in ours)[20]
+            print(f"    test RMSE at G=20: {rmse20:.2e} (target < 2e-4: {'meets' if rmse20 < 2e-4 else 'MISSES'})")
+        if have_pykan:
+            theirs = run_pykan(widths, ds)
+            show("pykan", theirs)
+            ratio = theirs[-1][3] / ours[-1][3]
+            print(f"    kanedu is {ratio:.1f}x faster than pykan on this schedule "
+                  f"(target >= 10x: {'meets' if ratio >= 10 else 'MISSES'})")
+        else:
+            print(f"  pykan: {why}")
+
+
+if __name__ == "__main__":
+    main()
