@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def test_make_lab_serves_the_course_notebooks():
             try:
                 with urllib.request.urlopen(url, timeout=5) as resp:
                     listing = json.load(resp)
+            except urllib.error.HTTPError as e:  # the server answered, but not with the notebooks
+                pytest.fail(f"JupyterLab answered {e.code} for /api/contents/notebooks")
             except OSError:
                 if proc.poll() is not None:
                     pytest.fail(f"`make lab` exited early with code {proc.returncode}")
