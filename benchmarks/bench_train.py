@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
+import tempfile
 import time
 
 import torch
@@ -37,6 +39,14 @@ def run_kanedu(widths, ds, seed=0):
 
 
 def run_pykan(widths, ds, seed=0):
+    # pykan writes ./model/history.txt during fit even with auto_save=False: run it in a temporary
+    # directory so the benchmark leaves no files behind.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        os.makedirs("model", exist_ok=True)
+        return _run_pykan(widths, ds, seed)
+
+
+def _run_pykan(widths, ds, seed):
     from kan import KAN as PyKAN
 
     model = PyKAN(width=list(widths), grid=GRIDS[0], k=3, seed=seed, auto_save=False, device="cpu")
