@@ -41,9 +41,14 @@ def run_kanedu(widths, ds, seed=0):
 def run_pykan(widths, ds, seed=0):
     # pykan writes ./model/history.txt during fit even with auto_save=False: run it in a temporary
     # directory so the benchmark leaves no files behind.
-    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
-        os.makedirs("model", exist_ok=True)
-        return _run_pykan(widths, ds, seed)
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            os.makedirs("model", exist_ok=True)
+            return _run_pykan(widths, ds, seed)
+        finally:
+            os.chdir(cwd)
 
 
 def _run_pykan(widths, ds, seed):
