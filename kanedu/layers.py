@@ -11,6 +11,11 @@ All the weights are combined in one place (``combined_weight``): ``W[i, 0, j] = 
 ``W[i, 1 + m, j] = mask * w_s * c[i, j, m]``. The forward pass is then one matrix product with the
 expanded features (``kanedu.kernels``), and grid operations only ever touch ``c`` (the scale ``w_s``
 is never folded into the coefficients, so it cannot be applied twice).
+
+Symbolic edges (lesson 05): ``kanedu.symbolic.fix_symbolic`` masks an edge and hands it to an optional
+submodule ``layer.symbolic`` (a ``kanedu.symbolic.SymbolicEdges``, ``None`` by default) that computes
+``c * f(a * x_i + b) + d``; ``forward`` and ``edge_activations`` add its output. A state dict that holds
+symbolic edges recreates that submodule when it is loaded.
 """
 
 from __future__ import annotations
@@ -117,6 +122,8 @@ class KANLayer(nn.Module):
         self.scale_base = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=learn_scales)
         self.scale_spline = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=learn_scales)
         self._uniform = True
+        # edges replaced by formulas: a kanedu.symbolic.SymbolicEdges set by fix_symbolic (None: none)
+        self.symbolic: nn.Module | None = None
         self.reset_parameters(generator)
 
     # ---- construction ------------------------------------------------------------------------------
@@ -153,6 +160,11 @@ class KANLayer(nn.Module):
                 f"spline_order={self.spline_order}, base={self.base_activation}, grid={grid}")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.symbolic is None and any(k.startswith(prefix + "symbolic.") for k in state_dict):
+            from .symbolic import SymbolicEdges  # the state dict has symbolic edges: make room for them
+
+            self.symbolic = SymbolicEdges(self.in_features, self.out_features, device=self.coef.device,
+                                          dtype=self.coef.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._uniform = is_uniform(self.grid)
 
@@ -193,9 +205,11 @@ class KANLayer(nn.Module):
         if self.spline_order == 0 or (base is not None and base not in kernels.BASE_FUNCTIONS):
             base = BASE_ACTIVATIONS[self.base_activation] if base is not None else None
         if self.spline_order == 0:
-            y = self.forward_reference(x2)
+            y = self.forward_reference(x2)  # includes the symbolic edges
         else:
             y = kernels.kan_linear(x2, self.combined_weight(), self.grid, self.spline_order, base, self._uniform)
+            if self.symbolic is not None:
+                y = y + self.symbolic(x2)
         return y.reshape(*lead, self.out_features)
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,7 +222,7 @@ class KANLayer(nn.Module):
         return torch.einsum("nim,iom->nio", B, self.coef)
 
     def edge_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-edge values ``phi_ij(x_i)`` including the mask: ``x [..., in]`` -> ``[..., out, in]``.
+        """Per-edge values ``phi_ij(x_i)`` including the mask and symbolic edges: ``x [..., in]`` -> ``[..., out, in]``.
 
         For plots, pruning and regularization; built only when asked (the forward pass never does).
         Differentiable (uses the Cox-de Boor reference).
@@ -218,6 +232,8 @@ class KANLayer(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         phi = self.scale_base * self._base(x2).unsqueeze(-1) + self.scale_spline * self.spline_values(x2)
         phi = phi * self.mask  # [N, in, out]
+        if self.symbolic is not None:
+            phi = phi + self.symbolic.edge_values(x2)
         return phi.transpose(1, 2).reshape(*lead, self.out_features, self.in_features)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,4 +311,6 @@ class KANLayer(nn.Module):
         new.scale_base.copy_(self.scale_base[in_idx][:, out_idx])
         new.scale_spline.copy_(self.scale_spline[in_idx][:, out_idx])
         new._uniform = self._uniform
+        if self.symbolic is not None:
+            new.symbolic = self.symbolic.subset(in_idx, out_idx)
         return new
