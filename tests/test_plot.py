@@ -1,0 +1,142 @@
+"""kanedu.plot: what each picture contains, that nothing is written unless asked, and bad input."""
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+
+from kanedu import KAN, fit  # noqa: E402
+from kanedu.data import make_dataset  # noqa: E402
+from kanedu.plot import plot_activation, plot_basis, plot_fit_1d, plot_history, plot_network  # noqa: E402
+from kanedu.symbolic import fix_symbolic  # noqa: E402
+
+D = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _clean(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # any stray file would land here
+    yield
+    plt.close("all")
+    assert os.listdir(tmp_path) == [] or all(f.endswith(".png") for f in os.listdir(tmp_path))
+
+
+def _collections(ax):
+    wires, frames, curves = [c for c in ax.collections if isinstance(c, LineCollection)]
+    return wires, frames, curves
+
+
+def test_plot_basis_draws_every_basis_and_marks_the_knots(tmp_path):
+    ax = plot_basis(grid_size=5, spline_order=3)
+    assert len([l for l in ax.get_lines() if l.get_label().startswith("_basis")]) == 5 + 3  # G + k bases
+    assert "G = 5" in ax.get_title() and ax.get_xlabel() == "x" and ax.get_ylabel()
+    knots = [l for l in ax.get_lines() if l.get_label() == "knots"][0]
+    assert len(knots.get_xdata()) == 5 + 2 * 3 + 1
+    total = [l for l in ax.get_lines() if l.get_label() == "sum of bases"][0]
+    inside = (total.get_xdata() >= -1) & (total.get_xdata() <= 1)
+    assert abs(total.get_ydata()[inside] - 1).max() < 1e-12  # partition of unity on the grid range
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_writes_a_file_only_when_asked(tmp_path):
+    plot_basis(grid_size=3, spline_order=2)
+    assert os.listdir(tmp_path) == []
+    plot_basis(grid_size=3, spline_order=2, save=tmp_path / "basis.png")
+    assert os.listdir(tmp_path) == ["basis.png"]
+
+
+def test_plot_network_draws_one_curve_per_active_edge_with_attribution_opacity():
+    model = KAN([4, 5, 5, 1], seed=0, dtype=D)
+    x = torch.rand(100, 4, dtype=D) * 2 - 1
+    ax = plot_network(model, x, in_vars=["a", "b", "c", "d"], beta=3.0)
+    wires, frames, curves = _collections(ax)
+    assert len(curves.get_segments()) == 4 * 5 + 5 * 5 + 5 == len(frames.get_segments())
+    assert len(wires.get_segments()) == 2 * 50
+    scores = model.attribution(x)[1]
+    alphas = sorted(curves.get_colors()[:, 3].tolist())
+    want = sorted(math.tanh(3.0 * float(s)) for s in torch.cat([e.T.flatten() for e in scores]))
+    assert alphas == pytest.approx(want)
+    texts = [t.get_text() for t in ax.texts]
+    assert {"a", "b", "c", "d", "$y_{1}$"} <= set(texts)
+    assert "KAN [4, 5, 5, 1]" in ax.get_title() and ax.get_ylabel() == "layer"
+
+
+def test_plot_network_curves_are_the_edge_functions_and_pruned_edges_are_omitted():
+    model = KAN([2, 3, 1], seed=0, dtype=D)
+    with torch.no_grad():
+        model.layers[0].mask[1, 2] = 0
+        model.layers[0].coef[0, 0] += torch.linspace(-1, 1, model.layers[0].coef.shape[-1], dtype=D) ** 2
+    ax = plot_network(model, n=40)
+    _, _, curves = _collections(ax)
+    assert len(curves.get_segments()) == 2 * 3 - 1 + 3
+    seg = curves.get_segments()[0]  # edge 0 -> 0 over its grid range, scaled into its box
+    u = torch.linspace(-1, 1, 40, dtype=D)
+    phi = model.layers[0].edge_activations(torch.stack([u, u], 1))[:, 0, 0].detach()
+    norm = (phi - phi.min()) / (phi.max() - phi.min())
+    y = torch.tensor(seg[:, 1], dtype=D)
+    assert torch.allclose((y - y.min()) / (y.max() - y.min()), norm, atol=1e-9)
+    assert all(c[3] == 1.0 for c in curves.get_colors())  # no samples: full opacity
+
+
+def test_plot_network_marks_symbolic_edges():
+    model = KAN([2, 2, 1], seed=0, dtype=D)
+    fix_symbolic(model, 0, 1, 0, "sin", params=(3.0, 0.0, 1.0, 0.0))
+    ax = plot_network(model)
+    _, _, curves = _collections(ax)
+    reds = [c for c in curves.get_colors() if c[0] > 0.5 and c[1] < 0.5]
+    assert len(reds) == 1 and "sin" in [t.get_text() for t in ax.texts]
+
+
+def test_plot_network_rejects_bad_input():
+    model = KAN([2, 3, 1], seed=0)
+    with pytest.raises(ValueError, match="in_vars"):
+        plot_network(model, in_vars=["a"])
+    with pytest.raises(ValueError, match="x must be"):
+        plot_network(model, torch.rand(10, 3))
+    with pytest.raises(TypeError, match="KAN"):
+        plot_network(model.layers[0])
+
+
+def test_plot_activation_shows_the_edge_its_parts_and_knots():
+    model = KAN([2, 3, 1], seed=0, dtype=D)
+    layer = model.layers[0]
+    ax = plot_activation(layer, 1, 2)
+    labels = [l.get_label() for l in ax.get_lines()]
+    assert labels[0] == r"$\phi_{ij}(x)$" and any("residual" in s for s in labels) and "knots" in labels
+    phi_line, base_line, spline_line = ax.get_lines()[:3]
+    torch.testing.assert_close(torch.tensor(phi_line.get_ydata()),
+                               torch.tensor(base_line.get_ydata()) + torch.tensor(spline_line.get_ydata()))
+    assert ax.get_title() == "edge 1 -> 2" and ax.get_xlabel() and ax.get_ylabel()
+    x = torch.rand(50, 2, dtype=D) * 0.5
+    ax = plot_activation(layer, 0, 0, x=x)
+    assert "at the samples" in [l.get_label() for l in ax.get_lines()]
+    assert ax.get_lines()[0].get_xdata().max() == pytest.approx(float(x[:, 0].max()))
+    fix_symbolic(model, 0, 0, 1, "exp", params=(1.0, 0.0, 2.0, 0.0))
+    ax = plot_activation(layer, 0, 1)
+    assert ax.get_lines()[0].get_label().startswith("symbolic: 2 exp")
+    with pytest.raises(ValueError, match="edge"):
+        plot_activation(layer, 2, 0)
+    with pytest.raises(TypeError, match="model.layers"):
+        plot_activation(model, 0, 0)
+
+
+def test_plot_history_and_plot_fit_1d():
+    ds = make_dataset(lambda x: torch.sin(3 * x[..., 0]), 1, n_train=60, n_test=60, seed=0, dtype=D)
+    model = KAN([1, 1], seed=0, dtype=D)
+    hist = fit(model, ds, steps=3, progress=False, seed=0)
+    ax = plot_history(hist)
+    assert ax.get_title() and ax.get_xlabel() and len(ax.get_lines()) == 2
+    ax = plot_fit_1d(model, ds, f=lambda x: torch.sin(3 * x[..., 0]))
+    assert [l.get_label() for l in ax.get_lines()] == ["training data", "target", "model"]
+    assert ax.get_title() == "1-D fit"
+    with pytest.raises(TypeError, match="History"):
+        plot_history([1, 2])
+    with pytest.raises(ValueError, match="one output"):
+        plot_fit_1d(KAN([1, 2], seed=0))
