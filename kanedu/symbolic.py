@@ -926,6 +926,13 @@ def auto_symbolic(model, x: torch.Tensor | None = None, lib=None, r2_threshold: 
     another family within ``margin`` the edge is recorded in ``report.ambiguous``, a warning is issued,
     and it is fixed to the best (``on_ambiguous="fix"``) or left numeric (``"skip"``).
 
+    Args:
+        x: model inputs ``[N, in]`` (default: sweeps of each layer's grid range).
+        layers: only these layer indices (default all); snapping one layer at a time, with ``fit`` in
+            between, lets the numeric layers above adapt to the exact formulas below them.
+        weight_simple, r2_cap, zero_tol, margin, lib: as in :func:`suggest_symbolic`.
+        verbose: print each choice.
+
     Returns:
         :class:`SymbolicReport`, a list of ``(l, i, j, name, r2)``.
     """
