@@ -67,9 +67,6 @@ def _poly_tensors(k: int, dtype: torch.dtype, device: torch.device):
     return C, D
 
 
-_TABLES: dict = {}
-
-
 def interval_table(grid: torch.Tensor, k: int):
     """Polynomial coefficients of the ``k + 1`` non-zero bases on every interval of every feature.
 
@@ -79,13 +76,13 @@ def interval_table(grid: torch.Tensor, k: int):
     solving the small Vandermonde systems in float64. Rows 0 and ``m`` (left of the first knot, right of
     the last) and empty intervals are zero.
 
-    Returns ``(T [in, m+1, k+1, k+1], t_left [in, m+1], inv_width [in, m+1])`` in ``grid``'s dtype; cached
-    per grid (keyed on its storage, version and values).
+    Returns ``(T [in, m+1, k+1, k+1], t_left [in, m+1], inv_width [in, m+1])`` in ``grid``'s dtype. The
+    table is cached on the grid tensor itself and rebuilt when the grid is modified in place (its
+    version counter changes) or replaced.
     """
-    key = (grid.data_ptr(), grid._version, tuple(grid.shape), grid.dtype, grid.device, k,
-           float(grid.double().sum()), float(grid.double().square().sum()))
-    if key in _TABLES:
-        return _TABLES[key]
+    cached = getattr(grid, "_kanedu_interval_table", None)
+    if cached is not None and cached[0] == (grid._version, k):
+        return cached[1]
     from .splines import cox_de_boor
 
     g = grid.detach().double()
@@ -111,9 +108,7 @@ def interval_table(grid: torch.Tensor, k: int):
     inv_w = torch.where(width > 0, 1.0 / torch.where(width > 0, width, 1.0), 0.0)
     inv_w = torch.cat([torch.zeros(n_in, 1, dtype=torch.float64), inv_w, torch.zeros(n_in, 1, dtype=torch.float64)], 1)
     out = tuple(t.to(grid.dtype).to(grid.device).contiguous() for t in (T, t_left, inv_w))
-    if len(_TABLES) >= 16:
-        _TABLES.pop(next(iter(_TABLES)))
-    _TABLES[key] = out
+    grid._kanedu_interval_table = ((grid._version, k), out)
     return out
 
 
@@ -303,6 +298,9 @@ def base_with_derivative(name_or_fn, x):
 # --------------------------------------------------------------------------------------------------
 
 
+SMALL_BATCH_ELEMENTS = 8192  # N * in at or below which forward keeps its located bases for backward
+
+
 class KANFunction(torch.autograd.Function):
     """``y = Phi(x) @ W``; saves only ``x`` (and the weights) and rebuilds the bases in backward.
 
@@ -317,7 +315,8 @@ class KANFunction(torch.autograd.Function):
         # x [N, in], weight [in, n + 1, out], grid [in, m]
         N, n_in = x.shape
         out = weight.shape[-1]
-        loc = locate(x, grid, k, uniform, derivative=False)
+        small = N * n_in <= SMALL_BATCH_ELEMENTS
+        loc = locate(x, grid, k, uniform, derivative=small and ctx.needs_input_grad[0])
         w = loc.pad_weight(weight)
         rows = (_arange(n_in, loc.slot.dtype, x.device) * loc.P).view(1, 1, n_in)
         bags = (loc.slot + rows).view(-1, n_in)  # [(k+1) * N, in] bags, one per (j, b)
@@ -328,6 +327,9 @@ class KANFunction(torch.autograd.Function):
             y = torch.addmm(y, b, weight[:, 0, :])
         ctx.save_for_backward(x, weight, grid)
         ctx.k, ctx.base, ctx.uniform = k, base, uniform
+        # Small batches are dominated by per-op overhead, not memory: keep the located bases (a few KB)
+        # instead of locating x again in backward. Large batches keep only x.
+        ctx.loc = loc if N * n_in <= SMALL_BATCH_ELEMENTS else None
         return y
 
     @staticmethod
@@ -337,7 +339,10 @@ class KANFunction(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         N, n_in = x.shape
         out = weight.shape[-1]
-        loc = locate(x, grid, k, ctx.uniform, derivative=need_x)
+        loc = ctx.loc
+        if loc is None or (need_x and loc.dvalues is None):
+            loc = locate(x, grid, k, ctx.uniform, derivative=need_x)
+        ctx.loc = None
         b, db = base_with_derivative(ctx.base, x)
         gx = gw = None
         if need_w:
