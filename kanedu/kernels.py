@@ -219,8 +219,15 @@ def locate(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, derivativ
     return Local(slot, values, dvalues, P, base_slot, first_basis, not inside)
 
 
-@functools.lru_cache(maxsize=32)
 def _arange(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.arange(n)``, cached for small ``n`` (index offsets reused every step; big ones not kept)."""
+    if n > 1 << 16:
+        return torch.arange(n, dtype=dtype, device=device)
+    return _arange_cached(n, dtype, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _arange_cached(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.arange(n, dtype=dtype, device=device)
 
 
