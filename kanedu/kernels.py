@@ -146,10 +146,6 @@ class Local:
         return torch.cat([base, gw[:, self.first_basis : self.first_basis + n]], 1)
 
 
-def _stack_first(cols):
-    return torch.stack(cols, dim=0)
-
-
 def locate(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, derivative: bool) -> Local:
     """Find the interval of every ``x [N, in]`` on its feature's knots ``grid [in, m]`` and evaluate the
     ``k + 1`` non-zero bases there (and ``d/dx`` of them if ``derivative``)."""

@@ -201,15 +201,14 @@ class KANLayer(nn.Module):
         x = self._check_input(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        base = None if self.base_activation == "zero" else self.base_activation
-        if self.spline_order == 0 or (base is not None and base not in kernels.BASE_FUNCTIONS):
-            base = BASE_ACTIVATIONS[self.base_activation] if base is not None else None
-        if self.spline_order == 0:
-            y = self.forward_reference(x2)  # includes the symbolic edges
-        else:
-            y = kernels.kan_linear(x2, self.combined_weight(), self.grid, self.spline_order, base, self._uniform)
-            if self.symbolic is not None:
-                y = y + self.symbolic(x2)
+        if self.spline_order == 0:  # piecewise constant: no derivative, use the reference
+            return self.forward_reference(x2).reshape(*lead, self.out_features)  # includes symbolic edges
+        # the kernel has closed-form derivatives for named activations, and uses autograd for the others
+        name = self.base_activation
+        base = None if name == "zero" else name if name in kernels.BASE_FUNCTIONS else BASE_ACTIVATIONS[name]
+        y = kernels.kan_linear(x2, self.combined_weight(), self.grid, self.spline_order, base, self._uniform)
+        if self.symbolic is not None:
+            y = y + self.symbolic(x2)
         return y.reshape(*lead, self.out_features)
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
