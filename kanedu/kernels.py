@@ -112,21 +112,49 @@ def interval_table(grid: torch.Tensor, k: int):
     return out
 
 
+def _interval_rows(grid: torch.Tensor, k: int) -> torch.Tensor:
+    """``interval_table`` transposed for gathering: ``[2 + (k+1)^2, in * (m+1)]``.
+
+    Column ``f * (m + 1) + i + 1`` holds everything ``locate`` needs on interval ``i`` of feature ``f``:
+    row 0 the left knot, row 1 the inverse width, rows ``2 + p * (k+1) + j`` the coefficient of ``s^p`` in
+    basis ``j``. One ``index_select`` along the columns then yields them all, already in the bases-first
+    layout (no transposed copy of the gathered coefficients). Cached on the grid like the table itself.
+    """
+    cached = getattr(grid, "_kanedu_interval_rows", None)
+    if cached is not None and cached[0] == (grid._version, k):
+        return cached[1]
+    T, t_left, inv_w = interval_table(grid, k)
+    n_in, rows = t_left.shape
+    coef = T.permute(2, 3, 0, 1).reshape((k + 1) * (k + 1), n_in * rows)
+    out = torch.cat([t_left.reshape(1, -1), inv_w.reshape(1, -1), coef]).contiguous()
+    grid._kanedu_interval_rows = ((grid._version, k), out)
+    return out
+
+
 class Local:
     """The non-zero bases of every ``x[b, f]``, in a "bases first" layout ``[k + 1, N, in]``.
 
-    ``slot[j, b, f]`` is where basis ``j`` of ``x[b, f]`` sits in a per-feature slot vector of length
-    ``P``; slot ``base_slot`` holds the base activation. Normally ``P = n + 1`` (slot 0 = base,
-    slot ``1 + m`` = basis ``m``). If some x lie outside the base interval, the layout is ``padded``:
+    ``interval[b, f]`` (int32, or int64 for huge tensors) is the knot interval ``i`` of ``x[b, f]`` plus
+    ``origin``; basis ``j`` of it, ``B_{i-k+j}``, sits in slot ``first_basis + i - k + j`` of a per-feature
+    slot vector of length ``P``, and slot
+    ``base_slot`` holds the base activation. Normally ``P = n + 1`` (slot 0 = base, slot ``1 + m`` =
+    basis ``m``). If some x lie outside the base interval, the layout is ``padded``:
     ``[k + 1 spare | n bases | k + 1 spare | base]``, so bases that do not exist land in spare slots
     whose weight is zero, and nothing has to be masked.
     """
 
-    __slots__ = ("slot", "values", "dvalues", "P", "base_slot", "first_basis", "padded")
+    __slots__ = ("interval", "origin", "values", "dvalues", "P", "base_slot", "first_basis", "padded", "k")
 
-    def __init__(self, slot, values, dvalues, P, base_slot, first_basis, padded):
-        self.slot, self.values, self.dvalues = slot, values, dvalues
-        self.P, self.base_slot, self.first_basis, self.padded = P, base_slot, first_basis, padded
+    def __init__(self, interval, origin, values, dvalues, P, base_slot, first_basis, padded, k):
+        self.interval, self.origin, self.values, self.dvalues = interval, origin, values, dvalues
+        self.P, self.base_slot, self.first_basis, self.padded, self.k = P, base_slot, first_basis, padded, k
+
+    def slot_offsets(self, n_in: int, bases_first: bool, dtype=None) -> torch.Tensor:
+        """What to add to ``interval`` to get the row of basis ``j`` of feature ``f`` in ``W.view(in * P, out)``:
+        ``f * P + first_basis - k - origin + j``, as ``[k + 1, 1, in]`` (``bases_first``) or ``[in, k + 1]``."""
+        dtype = dtype or self.interval.dtype
+        return _slot_offsets(self.k, n_in, self.P, self.first_basis - self.k - self.origin, bases_first, dtype,
+                             self.interval.device)
 
     def pad_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight [in, n + 1, out]`` laid out in this slot layout ``[in, P, out]``."""
@@ -146,6 +174,13 @@ class Local:
         return torch.cat([base, gw[:, self.first_basis : self.first_basis + n]], 1)
 
 
+@functools.lru_cache(maxsize=64)
+def _slot_offsets(k, n_in, P, shift, bases_first, dtype, device):
+    j = torch.arange(k + 1, dtype=dtype, device=device) + shift
+    f = torch.arange(n_in, dtype=dtype, device=device) * P
+    return (j.view(-1, 1, 1) + f.view(1, 1, -1)) if bases_first else (f.view(-1, 1) + j.view(1, -1))
+
+
 def locate(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, derivative: bool) -> Local:
     """Find the interval of every ``x [N, in]`` on its feature's knots ``grid [in, m]`` and evaluate the
     ``k + 1`` non-zero bases there (and ``d/dx`` of them if ``derivative``)."""
@@ -153,8 +188,6 @@ def locate(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, derivativ
     m = grid.shape[-1]
     n = m - k - 1
     xd = x.detach()
-    inside = N == 0 or bool(((xd.amin(0) >= grid[:, k]) & (xd.amax(0) <= grid[:, n])).all())
-    lo_i, hi_i = (k, n - 1) if inside else (-1, m - 1)
 
     if uniform:
         t0 = grid[:, 0]
@@ -166,35 +199,41 @@ def locate(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, derivativ
         else:
             inv_h = 1.0 / h
             u = torch.addcmul(-t0 * inv_h, xd, inv_h)
+        # u = (x - t0) / h is the knot coordinate, the same for every feature: x is inside the base
+        # interval [t_k, t_n] iff k <= u <= n, one reduction over all of u (not a per-feature compare)
+        inside = N == 0 or (lambda lo, hi: lo >= k and hi <= n)(*torch.aminmax(u))
+        lo_i, hi_i = (k, n - 1) if inside else (-1, m - 1)
         i = torch.floor(u).clamp_(lo_i, hi_i)
         s = (u - i).to(x.dtype)
         if not inside:
             s = s.clamp_(-1.0, 2.0)  # values for far-away x land in spare slots: keep them finite
         s = s.unsqueeze(0)  # [1, N, in]: bases-first layout
         C, D = _poly_tensors(k, x.dtype, x.device)
-        values = _horner_first(s, C)
+        values = _horner_first(s, C.view(k + 1, k + 1, 1, 1))
         dvalues = None
         if derivative:
-            dvalues = _horner_first(s, D) * inv_h.to(x.dtype) if k > 0 else torch.zeros_like(values)
-        i = i.long()
+            if k == 0:
+                dvalues = torch.zeros_like(values)
+            else:  # d/dx = d/ds / h: fold the per-feature 1/h into the (tiny) coefficient table
+                dvalues = _horner_first(s, D.view(k, k + 1, 1, 1) * inv_h.to(x.dtype).view(1, 1, 1, n_in))
     else:
         # any knots: find the interval, then the bases are fixed polynomials of the interval's local
         # coordinate, with coefficients tabulated once per grid (see interval_table)
-        table, t_left, inv_w = interval_table(grid, k)
-        i = torch.searchsorted(grid, xd.T.contiguous(), right=True).T - 1  # [N, in], -1 .. m-1
-        i = i.clamp_(lo_i, hi_i).contiguous()
-        row = i + 1 + _arange(n_in, torch.int64, x.device) * (m + 1)  # row of (feature, interval)
-        row = row.view(-1)
-        left = t_left.view(-1).index_select(0, row).view(N, n_in)
-        s = (xd - left) * inv_w.view(-1).index_select(0, row).view(N, n_in)
+        lo, hi = torch.aminmax(xd, dim=0) if N else (None, None)
+        inside = N == 0 or bool(((lo >= grid[:, k]) & (hi <= grid[:, n])).all())
+        lo_i, hi_i = (k, n - 1) if inside else (-1, m - 1)
+        rows = _interval_rows(grid, k)
+        # i + 1 (the count of knots <= x), clamped: Local keeps it as is (origin 1), one op less
+        i = torch.searchsorted(grid, xd.T.contiguous(), right=True, out_int32=True)  # [in, N], 0 .. m
+        i = i.clamp_(lo_i + 1, hi_i + 1).T.contiguous()  # [N, in]
+        col = (i + _arange(n_in, torch.int32, x.device) * (m + 1)).view(-1)  # column of (feature, interval)
+        cols = rows.index_select(1, col)  # [2 + (k+1)^2, N * in]
+        s = (xd - cols[0].view(N, n_in)) * cols[1].view(N, n_in)
         if not inside:
             s = s.clamp_(-1.0, 2.0)
-        coef = table.view(-1, (k + 1) * (k + 1)).index_select(0, row)  # [N*in, powers*bases]
-        coef = coef.T.reshape(k + 1, k + 1, N, n_in)  # [power, basis, N, in]
         s = s.unsqueeze(0)
-        values = coef[k]
-        for p in range(k - 1, -1, -1):
-            values = torch.addcmul(coef[p], values, s)
+        coef = cols[2:].view(k + 1, k + 1, N, n_in)  # [power, basis, N, in]
+        values = _horner_first(s, coef)
         dvalues = None
         if derivative:
             if k == 0:
@@ -203,16 +242,15 @@ def locate(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, derivativ
                 dvalues = coef[k] * k
                 for p in range(k - 1, 0, -1):
                     dvalues = torch.addcmul(coef[p] * p, dvalues, s)
-                dvalues = dvalues * inv_w.view(-1).index_select(0, row).view(1, N, n_in)
+                dvalues = dvalues * cols[1].view(1, N, n_in)
 
     if inside:
         P, base_slot, first_basis = n + 1, 0, 1
     else:
         P, base_slot, first_basis = n + 2 * k + 3, n + 2 * k + 2, k + 1
-    # basis m = i - k + j sits in slot first_basis + m; int32 index arithmetic is ~3x cheaper than int64
+    # int32 index arithmetic is ~3x cheaper than int64
     idx_dtype = torch.int32 if N * n_in * P < 2**31 else torch.int64
-    slot = (i.to(idx_dtype) + (first_basis - k)).unsqueeze(0) + _arange(k + 1, idx_dtype, x.device).view(-1, 1, 1)
-    return Local(slot, values, dvalues, P, base_slot, first_basis, not inside)
+    return Local(i.to(idx_dtype), 0 if uniform else 1, values, dvalues, P, base_slot, first_basis, not inside, k)
 
 
 def _arange(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -227,18 +265,12 @@ def _arange_cached(n: int, dtype: torch.dtype, device: torch.device) -> torch.Te
     return torch.arange(n, dtype=dtype, device=device)
 
 
-def _row_offsets(N: int, n_in: int, P: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``(b * in + f) * P`` as ``[N, in]``: the start of every per-feature slot vector in ``Phi``."""
-    return (_arange(N * n_in, dtype, device) * P).view(N, n_in)
-
-
-def _horner_first(s: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """``sum_p coef[p, j] s^p`` -> ``[k+1, N, in]`` for ``s [1, N, in]`` (broadcast over a leading dim)."""
-    c = coef.view(coef.shape[0], coef.shape[1], 1, 1)
-    if coef.shape[0] == 1:
-        return c[0].expand(coef.shape[1], *s.shape[1:]).clone()
+def _horner_first(s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``sum_p c[p, j] s^p`` -> ``[k+1, N, in]`` for ``s [1, N, in]`` and ``c [powers, k+1, 1 or N, 1 or in]``."""
+    if c.shape[0] == 1:
+        return c[0].expand(c.shape[1], *s.shape[1:]).clone()
     out = torch.addcmul(c[-2], c[-1], s)
-    for p in range(coef.shape[0] - 3, -1, -1):
+    for p in range(c.shape[0] - 3, -1, -1):
         out = torch.addcmul(c[p], out, s)
     return out
 
@@ -247,8 +279,10 @@ def dense_phi(x: torch.Tensor, loc: Local, base: torch.Tensor | None) -> torch.T
     """The expanded features ``Phi [N, in, P]`` (bases scattered into zeros, base in its slot)."""
     N, n_in = x.shape
     phi = x.new_zeros(N, n_in, loc.P)
-    flat = loc.slot.long() + _row_offsets(N, n_in, loc.P, torch.int64, x.device)
-    phi.view(-1).scatter_(0, flat.view(-1), loc.values.reshape(-1))
+    # scatter along the slot dim: index [N, in, k+1] (slot within the feature), values as a permuted view
+    shift = loc.first_basis - loc.k - loc.origin
+    idx = loc.interval.long().unsqueeze(-1) + (_arange(loc.k + 1, torch.int64, x.device) + shift)
+    phi.scatter_(2, idx, loc.values.permute(1, 2, 0))
     phi[..., loc.base_slot] = 0.0 if base is None else base
     return phi
 
@@ -302,6 +336,10 @@ def base_with_derivative(name_or_fn, x):
 
 
 SMALL_BATCH_ELEMENTS = 8192  # N * in at or below which forward keeps its located bases for backward
+# Slots per feature (P) from which backward gathers the input gradient's k + 1 weight rows instead of the
+# dense ``g @ W^T``. Measured on CPU for k = 3: the dense product wins at G = 5 (P = 9), the gather at
+# G = 50 (P = 55) by 2.5x; the break-even is near P = 20.
+GATHER_GX_MIN_SLOTS = 20
 
 
 class KANFunction(torch.autograd.Function):
@@ -309,8 +347,9 @@ class KANFunction(torch.autograd.Function):
 
     Forward never builds ``Phi``: an ``embedding_bag`` adds up the ``k + 1`` weighted weight rows of
     every ``(j, b)`` bag, plus one small matmul for the base branch. Backward needs ``Phi`` for the
-    weight gradient (a dense matmul, like ``nn.Linear``'s) and gathers ``dL/dPhi`` at the ``k + 1``
-    slots for the input gradient.
+    weight gradient (a dense matmul, like ``nn.Linear``'s). For the input gradient it gathers
+    ``dL/dPhi = g @ W^T`` at the ``k + 1`` slots, or, with many slots per feature (large G), gathers the
+    ``k + 1`` weight rows instead and never forms ``g @ W^T``.
     """
 
     @staticmethod
@@ -321,8 +360,7 @@ class KANFunction(torch.autograd.Function):
         small = N * n_in <= SMALL_BATCH_ELEMENTS
         loc = locate(x, grid, k, uniform, derivative=small and ctx.needs_input_grad[0])
         w = loc.pad_weight(weight)
-        rows = (_arange(n_in, loc.slot.dtype, x.device) * loc.P).view(1, 1, n_in)
-        bags = (loc.slot + rows).view(-1, n_in)  # [(k+1) * N, in] bags, one per (j, b)
+        bags = (loc.interval.unsqueeze(0) + loc.slot_offsets(n_in, True)).view(-1, n_in)  # one per (j, b)
         y = F.embedding_bag(bags, w.reshape(-1, out), per_sample_weights=loc.values.reshape(-1, n_in),
                             mode="sum").view(k + 1, N, out).sum(0)
         b, _ = base_with_derivative(base, x)
@@ -350,15 +388,33 @@ class KANFunction(torch.autograd.Function):
         gx = gw = None
         if need_w:
             phi = dense_phi(x, loc, b)
+            loc.values = None
             gw = loc.unpad_grad((phi.view(N, -1).T @ g).view(n_in, loc.P, out), weight.shape[1] - 1)
+            # Free Phi before gx allocates. Fewer bytes live at once keep the big temporaries in the
+            # allocator's heap; when the peak grows, glibc returns memory to the OS after every step, and
+            # the next step pays a page fault per 4 KiB (that cost more than a matmul here).
+            del phi
         if need_x:
-            w = loc.pad_weight(weight)
-            gphi = g @ w.reshape(-1, out).T  # [N, in * P]
-            flat = loc.slot + _row_offsets(N, n_in, loc.P, loc.slot.dtype, x.device)
-            gsel = gphi.view(-1).index_select(0, flat.view(-1)).view_as(loc.values)  # [k+1, N, in]
-            gx = (gsel * loc.dvalues).sum(0)
-            if db is not None:
-                gx = gx + gphi.view(N, n_in, loc.P)[..., loc.base_slot] * db()
+            w = loc.pad_weight(weight).reshape(-1, out)
+            if loc.P >= GATHER_GX_MIN_SLOTS:
+                # many slots, k + 1 used: gather them instead of the dense g @ W^T ([N, in * P]).
+                # E[b, f] = sum_j dB_j(x_bf) W[f, slot_j] by an embedding_bag with one bag per (b, f), then
+                # gx[b, f] = <E[b, f], g[b]>; the base enters as (g @ W_base^T) * b'(x).
+                idx = loc.interval.unsqueeze(-1) + loc.slot_offsets(n_in, False)  # [N, in, k+1]
+                dv = loc.dvalues.permute(1, 2, 0).reshape(N * n_in, k + 1)
+                E = F.embedding_bag(idx.view(-1, k + 1), w, per_sample_weights=dv, mode="sum")
+                gx = E.view(N, n_in, out).mul_(g.unsqueeze(1)).sum(-1)
+                if db is not None:
+                    gx = torch.addcmul(gx, g @ weight[:, 0, :].T, db())
+            else:
+                gphi = g @ w.T  # [N, in * P]
+                flat = loc.interval.unsqueeze(0) + loc.slot_offsets(n_in, True)  # [k+1, N, in] rows of W
+                flat += (_arange(N, flat.dtype, x.device) * (n_in * loc.P)).view(1, N, 1)  # rows in gphi
+                gsel = gphi.view(-1).index_select(0, flat.view(-1)).view_as(loc.dvalues)  # [k+1, N, in]
+                del flat
+                gx = gsel.mul_(loc.dvalues).sum(0)
+                if db is not None:
+                    gx = torch.addcmul(gx, gphi.view(N, n_in, loc.P)[..., loc.base_slot], db())
         return gx, gw, None, None, None, None
 
 

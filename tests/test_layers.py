@@ -56,6 +56,48 @@ def test_gradcheck_every_path(uniform, base):
     assert torch.autograd.gradcheck(lambda x, W: kan_linear(x, W, grid, 3, base, uniform), (x, W))
 
 
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("grid_kind", ["uniform", "adaptive"])
+@pytest.mark.parametrize("spread", [0.9, 2.5])
+@pytest.mark.parametrize("base", ["silu", None])
+def test_large_grid_gathered_input_gradient_equals_reference(k, grid_kind, spread, base):
+    # G = 30: P >= GATHER_GX_MIN_SLOTS, so backward gathers the k + 1 weight rows for dL/dx
+    from kanedu.kernels import GATHER_GX_MIN_SLOTS
+
+    gen = torch.Generator().manual_seed(10 + k)
+    n_in, n_out, G, N = 5, 4, 30, 300
+    assert G + k + 1 >= GATHER_GX_MIN_SLOTS
+    x = (torch.rand(N, n_in, dtype=torch.float64, generator=gen) * 2 - 1) * spread
+    if grid_kind == "uniform":
+        grid = uniform_grid(G, k, dtype=torch.float64).expand(n_in, -1).contiguous()
+    else:
+        grid = adaptive_grid(torch.randn(800, n_in, dtype=torch.float64, generator=gen) * 0.6, G, k, 0.1)
+    W = torch.randn(n_in, G + k + 1, n_out, dtype=torch.float64, generator=gen)
+    g = torch.randn(N, n_out, dtype=torch.float64, generator=gen)
+    xa, Wa = x.clone().requires_grad_(), W.clone().requires_grad_()
+    xb, Wb = x.clone().requires_grad_(), W.clone().requires_grad_()
+    kan_linear(xa, Wa, grid, k, base, uniform=grid_kind == "uniform").backward(g)
+    Wr = Wb if base is not None else torch.cat([torch.zeros_like(Wb[:, :1]), Wb[:, 1:]], 1)
+    reference(xb, Wr, grid, k).backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(Wa.grad, Wb.grad, rtol=0, atol=1e-10)
+
+
+def test_large_grid_gradcheck_and_float32():
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.rand(9, 2, dtype=torch.float64, generator=gen) * 3 - 1.5).requires_grad_()
+    grid = uniform_grid(25, 3, dtype=torch.float64).expand(2, -1).contiguous()
+    W = torch.randn(2, 29, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, W: kan_linear(x, W, grid, 3, "tanh", True), (x, W))
+    # float32 against float64 (the gathered path in both)
+    xf, Wf = x.detach().float().requires_grad_(), W.detach().float().requires_grad_()
+    kan_linear(xf, Wf, grid.float(), 3, "tanh", True).sum().backward()
+    xd, Wd = x.detach().clone().requires_grad_(), W.detach().clone().requires_grad_()
+    kan_linear(xd, Wd, grid, 3, "tanh", True).sum().backward()
+    torch.testing.assert_close(xf.grad.double(), xd.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(Wf.grad.double(), Wd.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_layer_forward_equals_edge_by_edge_reference_float32():
     layer = KANLayer(5, 6, grid_size=8)
     x = torch.rand(300, 5) * 2.6 - 1.3
