@@ -69,6 +69,14 @@ def _activation_name(base_activation) -> str:
     )
 
 
+def _adopt_interval_table(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """After ``dst.copy_(src)``: let ``dst`` reuse the interval table (``kernels.interval_table``)
+    cached on ``src``, instead of building it again at the next forward pass."""
+    cached = getattr(src, "_kanedu_interval_table", None)
+    if cached is not None and cached[0][0] == src._version and torch.equal(dst, src):
+        dst._kanedu_interval_table = ((dst._version, cached[0][1]), cached[1])
+
+
 class KANLayer(nn.Module):
     """A KAN layer ``[..., in_features] -> [..., out_features]``.
 
@@ -216,15 +224,15 @@ class KANLayer(nn.Module):
         return torch.zeros_like(x) if fn is None else fn(x)
 
     def spline_values(self, x: torch.Tensor) -> torch.Tensor:
-        """Unscaled splines ``sum_m c[i, j, m] B_m(x_i)``: ``x [N, in]`` -> ``[N, in, out]`` (reference bases)."""
-        B = bspline_basis(x, self.grid, self.spline_order, method="reference")  # [N, in, n]
+        """Unscaled splines ``sum_m c[i, j, m] B_m(x_i)``: ``x [N, in]`` -> ``[N, in, out]`` (differentiable)."""
+        B = bspline_basis(x, self.grid, self.spline_order)  # [N, in, n]
         return torch.einsum("nim,iom->nio", B, self.coef)
 
     def edge_activations(self, x: torch.Tensor) -> torch.Tensor:
         """Per-edge values ``phi_ij(x_i)`` including the mask and symbolic edges: ``x [..., in]`` -> ``[..., out, in]``.
 
         For plots, pruning and regularization; built only when asked (the forward pass never does).
-        Differentiable (uses the Cox-de Boor reference).
+        Differentiable (dense bases from ``bspline_basis``, not the fast kernel).
         """
         x = self._check_input(x)
         lead = x.shape[:-1]
@@ -250,6 +258,7 @@ class KANLayer(nn.Module):
         if coef.shape == self.coef.shape:
             # in place, so an optimizer that holds these tensors keeps training them (update_grid in fit)
             self.grid.copy_(new_grid)
+            _adopt_interval_table(self.grid, new_grid)  # the fit above built it: reuse it
             self.coef.copy_(coef)
         else:  # refine: new shapes, a new parameter (call it between fits)
             self.grid = new_grid.contiguous()

