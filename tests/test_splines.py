@@ -188,3 +188,19 @@ def test_bad_grid_size_and_range():
 def test_uniform_method_on_nonuniform_knots_is_rejected():
     with pytest.raises(ValueError, match="equally spaced"):
         bspline_basis(torch.zeros(3), torch.tensor([0.0, 0.1, 0.5, 1.0, 2.0]), 1, method="uniform")
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_auto_bases_on_adaptive_knots_equal_the_recursion(k):
+    """On non-uniform knots bspline_basis uses per-interval polynomials: same values, knots and ends included."""
+    from kanedu.splines import adaptive_grid, cox_de_boor
+
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(400, 3, generator=gen, dtype=torch.float64)
+    grid = adaptive_grid(x[:100], 7, k)
+    x[0, 0], x[1, 0], x[2, 1], x[3, 1] = grid[0, 0], grid[0, -1], grid[1, k], grid[1, -k - 1]  # on knots
+    x[4, 2], x[5, 2] = 50.0, -50.0  # far outside
+    fast = bspline_basis(x, grid, k)
+    assert torch.allclose(fast, cox_de_boor(x, grid, k), rtol=0, atol=1e-12)
+    xs = x[6:18].clone().requires_grad_(True)  # off the knots, where order-1 bases have kinks
+    assert torch.autograd.gradcheck(lambda z: bspline_basis(z, grid, k), (xs,))
