@@ -202,5 +202,5 @@ def test_auto_bases_on_adaptive_knots_equal_the_recursion(k):
     x[4, 2], x[5, 2] = 50.0, -50.0  # far outside
     fast = bspline_basis(x, grid, k)
     assert torch.allclose(fast, cox_de_boor(x, grid, k), rtol=0, atol=1e-12)
-    xs = x[6:18].clone().requires_grad_(True)  # off the knots, where order-1 bases have kinks
+    xs = x[200:212].clone().requires_grad_(True)  # off the knots (quantiles of x[:100]): no kinks
     assert torch.autograd.gradcheck(lambda z: bspline_basis(z, grid, k), (xs,))
