@@ -604,6 +604,39 @@ def _grid_update(model: torch.nn.Module, x: torch.Tensor, generator: torch.Gener
                            "keep updating the old ones; update them in place (p.copy_(...) under torch.no_grad())")
 
 
+def _fused_unsupported(model, data, *, opt, batch_size, loss, lamb, grad_clip, compile, amp) -> str | None:
+    """Why this ``fit`` call cannot run on the fused engine (None if it can)."""
+    from .fused import unsupported_reason
+
+    if not (isinstance(opt, str) and opt.lower() == "lbfgs"):
+        return f"opt={opt!r} (fused: 'LBFGS' only)"
+    if batch_size is not None and batch_size < len(data["train_input"]):
+        return f"batch_size={batch_size} (fused: full batch only)"
+    if loss != "mse":
+        return f"loss={loss!r} (fused: 'mse' only)"
+    if lamb > 0:
+        return f"lamb={lamb} (fused: no regularization)"
+    if grad_clip is not None:
+        return "grad_clip is set"
+    if compile:
+        return "compile=True"
+    if amp:
+        return "amp=True"
+    y = data["train_label"]
+    if not y.is_floating_point() or y.dim() != 2:
+        return f"train_label has shape {tuple(y.shape)} and dtype {y.dtype} (fused: float [N, out])"
+    return unsupported_reason(model, data["train_input"])
+
+
+def _fused_step(engine, optimizer, last: dict, target: torch.Tensor) -> None:
+    """One LBFGS step of the fused engine; fills ``last`` like the torch closure does."""
+    with np.errstate(all="ignore"):  # a diverging run shows up as a NaN loss, handled by fit
+        v, _, _, _, _ = optimizer.step(engine, engine.pack())
+    engine.unpack(v)
+    pred = torch.from_numpy(engine.last_pred)
+    last.update(pred=pred, target=target, loss=torch.tensor(engine.last_loss, dtype=pred.dtype))
+
+
 def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -678,6 +711,7 @@ def fit(
     early_stopping: int | None = None,
     metrics: Mapping[str, Callable] | list | None = None,
     grad_clip: float | None = None,
+    fused: bool | None = None,
 ) -> History:
     """Train ``model`` on a pykan-style dataset and return its :class:`History`.
 
@@ -726,6 +760,12 @@ def fit(
         metrics: extra columns ``{name: fn(test_pred, test_label) -> number}`` (or a list of functions,
             named by ``__name__``), evaluated on the test set at logged steps.
         grad_clip: clip the global gradient norm to this value before each update.
+        fused: full-batch LBFGS on a ``kanedu.KAN`` on the CPU with the MSE loss and ``lamb=0`` (the KAN
+            paper's protocol) can run on a fused engine: the loss and gradient computed in NumPy
+            without autograd (``kanedu.fused``) and the same L-BFGS algorithm on one flat vector
+            (``kanedu.lbfgs``), several times faster for small models. None (default) uses it when
+            the run qualifies, True requires it (ValueError saying why not), False never uses it.
+            ``history.meta["engine"]`` says which ran.
 
     Returns:
         A :class:`History`; each record has ``step`` (1-based), ``train_loss`` (data loss on the
@@ -757,18 +797,36 @@ def fit(
     loss_fn = _loss_function(loss)
     metric_fns = _metric_functions(metrics)
     callbacks = [callbacks] if callable(callbacks) else list(callbacks)
-    optimizer, opt_name = _make_optimizer(opt, model, lr)
-    amp_on = _use_amp(amp, device, dtype, isinstance(optimizer, torch.optim.LBFGS))
+    why_not = _fused_unsupported(model, data, opt=opt, batch_size=batch_size, loss=loss, lamb=lamb,
+                                 grad_clip=grad_clip, compile=compile, amp=amp)
+    if fused and why_not:
+        raise ValueError(f"fused=True, but this run cannot use the fused engine: {why_not}")
+    engine = None
+    if fused is not False and why_not is None:
+        from .fused import FusedKAN
+        from .lbfgs import LBFGS
+
+        lr = DEFAULT_LR["LBFGS"] if lr is None else lr
+        engine = FusedKAN(model, data["train_input"], data["train_label"])
+        # the settings of _make_optimizer's torch.optim.LBFGS
+        optimizer = LBFGS(lr=lr, history_size=10, tolerance_grad=1e-32, tolerance_change=1e-32)
+        opt_name = "LBFGS"
+    else:
+        optimizer, opt_name = _make_optimizer(opt, model, lr)
+    amp_on = _use_amp(amp, device, dtype, engine is not None or isinstance(optimizer, torch.optim.LBFGS))
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp_on else contextlib.nullcontext
     task = _preflight(model, data, loss, loss_fn)
     forward = _CompiledForward(model) if compile else model
+    if engine is not None:
+        forward = engine.forward  # test-set evaluation in NumPy too
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     generator = _make_generator(seed, device)
     batches = _batches(len(data["train_input"]), batch_size, generator, device)
 
     history = History(meta={"opt": opt_name, "device": str(device), "dtype": str(dtype), "amp": amp_on,
-                            "compile": bool(compile), "batch_size": batch_size, "seed": seed})
+                            "compile": bool(compile), "batch_size": batch_size, "seed": seed,
+                            "engine": "fused" if engine is not None else "torch"})
     was_training = model.training
     model.train()
     good_state = _state_copy(model)  # restore point: the last logged step with finite losses
@@ -805,19 +863,24 @@ def fit(
                 _grid_update(model, data["train_input"], generator)
 
             step = i + 1
-            try:
-                optimizer.step(closure)
-            except Exception as err:  # LBFGS's line search can fail on NaN losses (IndexError in torch 2.x)
-                if "loss" in last and not torch.isfinite(last["loss"]):
-                    raise _divergence(model, good_state, history, step, "train_loss", last["loss"].item()) from err
-                raise
+            if engine is not None:
+                _fused_step(engine, optimizer, last, data["train_label"])
+            else:
+                try:
+                    optimizer.step(closure)
+                except Exception as err:  # LBFGS's line search can fail on NaN losses (IndexError in torch 2.x)
+                    if "loss" in last and not torch.isfinite(last["loss"]):
+                        raise _divergence(model, good_state, history, step, "train_loss",
+                                          last["loss"].item()) from err
+                    raise
             bar.update()
             if step % log_every and step != steps:
                 continue
 
             values = _evaluate(forward, model, data, loss_fn, task, last, metric_fns, autocast)
+            lr_now = optimizer.lr if engine is not None else optimizer.param_groups[0]["lr"]
             record = {"step": step, **{k: float(v) for k, v in values.items()},
-                      "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - start}
+                      "lr": float(lr_now), "seconds": time.perf_counter() - start}
             bad = [k for k in ("train_loss", "test_loss", "reg") if k in record and not math.isfinite(record[k])]
             if bad:
                 raise _divergence(model, good_state, history, step, bad[0], record[bad[0]])

@@ -311,18 +311,21 @@ def _check_recovered(model, ds, truth):
     return f
 
 
-def _sparse_pruned(ds, widths, seed, lamb=1e-2):
+def _sparse_pruned(ds, widths, seed, lamb=1e-2, node_threshold=1e-2):
     """Train with sparsity regularization, prune, retrain: the KAN paper's first three steps."""
     model = KAN(widths, grid_size=5, seed=seed, dtype=D)
     fit(model, ds, steps=20, lamb=lamb, update_grid=True, progress=False, seed=0)
-    model = model.prune(ds["train_input"])
+    model = model.prune(ds["train_input"], node_threshold=node_threshold)
     fit(model, ds, steps=30, update_grid=True, progress=False, seed=0)
     return model
 
 
 def test_recovers_exp_sin_pi_x1_plus_x2_squared():
     ds = toy_dataset("exp_sin_sq", n_train=200, n_test=500, seed=0, dtype=D)
-    model = _sparse_pruned(ds, [2, 5, 1], seed=0)
+    # node_threshold 0.2 keeps the one hidden node this formula needs (lesson 05: recovered on 19 of 20
+    # seeds; with 0.01 a second, weak hidden node often survives and takes arctan/x edges: 3 of 6 seeds)
+    model = _sparse_pruned(ds, [2, 5, 1], seed=0, node_threshold=0.2)
+    assert model.widths == [2, 1, 1]
     report = auto_symbolic(model, ds["train_input"])
     assert {name for *_, name, _ in report} >= {"sin", "x^2", "exp"} and not report.skipped
     fit(model, ds, steps=20, progress=False, seed=0)  # retrain the few affine parameters
