@@ -103,17 +103,20 @@ class _Layer:
             self.n = m - k - 1
             self.P = self.n + 2 * k + 3
             self.m = m
-            T, t_left, inv_w = interval_table(layer.grid.detach(), k)
+            T, t_left, inv_w = interval_table(layer.grid, k)  # cached on the grid tensor itself
             # [power, basis, in * (m + 1)]: np.take along the last axis gives bases-first [k + 1, N, in]
-            # [power, basis, in * (m + 1)], then the k powers of d/ds: one np.take along the last axis
-            # gives both polynomials in the bases-first layout [k + 1, N, in]
-            T = T.numpy().reshape(-1, k + 1, k + 1).transpose(1, 2, 0)
-            dT = T[1:] * np.arange(1, k + 1, dtype=T.dtype).reshape(-1, 1, 1)
-            self.table = np.ascontiguousarray(T)
-            self.tables = np.ascontiguousarray(np.concatenate([T, dT]))
+            # [power, basis, in * (m + 1)]: np.take along the last axis gives bases-first [k + 1, N, in]
+            self.table = np.ascontiguousarray(T.numpy().reshape(-1, k + 1, k + 1).transpose(1, 2, 0))
+            # one searchsorted for all features: shift feature i's knots (and its inputs, clipped to
+            # just outside them, which keeps every interval) into a band [i * C, i * C + span]
+            knots = layer.grid.detach().numpy()
+            self.lo, self.hi = knots[:, :1] - 1, knots[:, -1:] + 1
+            C = float((self.hi - self.lo).max()) + 1
+            self.shift = (np.arange(self.n_in) * C)[:, None] - self.lo  # [in, 1]
+            self.flat_knots = (knots + self.shift).reshape(-1)
+            self.band = np.arange(self.n_in) * m  # knots of the features before i
             self.t_left = t_left.numpy().reshape(-1)
             self.inv_w = inv_w.numpy().reshape(-1)
-            self.knots = layer.grid.detach().numpy()
             self.row_offset = np.arange(self.n_in) * (m + 1)
             self.slot_offset = np.arange(self.n_in) * self.P + 1  # + r below
             self.base_rows = np.arange(self.n_in) * self.P
@@ -138,29 +141,35 @@ class _Layer:
         They are work arrays, overwritten by the next call."""
         k, N = self.k, h.shape[0]
         shape = (k + 1, N, self.n_in)
-        iv = self._buf("iv", h.shape, np.intp)
-        for i in range(self.n_in):  # interval of every sample: 0 (left of the knots) .. m (right of them)
-            iv[:, i] = np.searchsorted(self.knots[i], h[:, i], side="right")
+        z = np.clip(h, self.lo.T, self.hi.T, out=self._buf("z", h.shape))
+        z += self.shift.T
+        # interval of every sample, 0 (left of the knots) .. m (right of them), on its feature's knots
+        iv = np.searchsorted(self.flat_knots, z.reshape(-1), side="right").reshape(h.shape)
+        iv -= self.band
         row = np.add(iv, self.row_offset, out=self._buf("row", h.shape, np.intp))  # table row
         s = np.take(self.t_left, row, out=self._buf("s", h.shape))
         np.subtract(h, s, out=s)
         inv_w = np.take(self.inv_w, row, out=self._buf("inv_w", h.shape))
         s *= inv_w  # local coordinate in the interval (0 on the zero rows outside the knots)
-        table = self.tables if derivative else self.table
-        T = np.take(table, row, axis=2, out=self._buf("T", table.shape[:2] + h.shape))  # [power, basis, N, in]
-        vals = self._buf("vals", shape)
-        np.copyto(vals, T[k])
-        for p in range(k - 1, -1, -1):  # Horner's rule
-            vals *= s
+        T = np.take(self.table, row, axis=2, out=self._buf("T", self.table.shape[:2] + h.shape))
+        vals = self._buf("vals", shape)  # Horner's rule over [power, basis, N, in]
+        np.multiply(T[k], s, out=vals)
+        for p in range(k - 1, 0, -1):
             vals += T[p]
+            vals *= s
+        vals += T[0]
         dvals = None
-        if derivative:
-            dT = T[k + 1 :]
+        if derivative:  # d/ds of the same polynomials: Horner on p * T[p], p = k .. 1
             dvals = self._buf("dvals", shape)
-            np.copyto(dvals, dT[k - 1])
-            for p in range(k - 2, -1, -1):
-                dvals *= s
-                dvals += dT[p]
+            if k == 1:
+                np.copyto(dvals, T[1])
+            else:
+                np.multiply(T[k], k * s, out=dvals)
+                tmp = self._buf("tmp", shape)
+                for p in range(k - 1, 1, -1):
+                    dvals += np.multiply(T[p], p, out=tmp)
+                    dvals *= s
+                dvals += T[1]
             dvals *= inv_w
         # basis b = interval - k + r sits in slot k + 2 + b = iv + 1 + r of its feature
         wrow = np.add(iv, self.slot_offset, out=self._buf("wrow", shape, np.intp))
@@ -252,6 +261,7 @@ class FusedKAN:
                     off += p.numel()
         self.size = off
         self.phi0 = None
+        self._test_features = None
         self.evaluations = 0
         self.last_pred, self.last_loss = None, math.nan
 
@@ -293,8 +303,17 @@ class FusedKAN:
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``predict`` for a CPU tensor (the model's weights): what ``fit`` uses on the test set."""
-        return torch.from_numpy(self.predict(x.detach().numpy()))
+        """``predict`` for a CPU tensor at the model's weights: what ``fit`` uses on the test set. The
+        test inputs do not change either, so their first-layer features are also kept per grid."""
+        xn = x.detach().numpy()
+        weights = self._weights(self.pack())
+        key = (xn.__array_interface__["data"][0], xn.shape, x._version, self.layers[0].grid_key)
+        if self._test_features is None or self._test_features[0] != key:
+            self._test_features = (key, self.layers[0].features(xn))
+        h = self._test_features[1] @ self.layers[0].weight(*weights[0])
+        for L, (coef, sb, ss) in zip(self.layers[1:], weights[1:]):
+            h = L.forward(h, L.weight(coef, sb, ss), derivative=False)[0]
+        return torch.from_numpy(h)
 
     def __call__(self, v: np.ndarray) -> tuple[float, np.ndarray]:
         """``(mean squared error, its gradient with respect to v)`` on the training data."""
