@@ -105,7 +105,6 @@ class _Layer:
             self.m = m
             T, t_left, inv_w = interval_table(layer.grid, k)  # cached on the grid tensor itself
             # [power, basis, in * (m + 1)]: np.take along the last axis gives bases-first [k + 1, N, in]
-            # [power, basis, in * (m + 1)]: np.take along the last axis gives bases-first [k + 1, N, in]
             self.table = np.ascontiguousarray(T.numpy().reshape(-1, k + 1, k + 1).transpose(1, 2, 0))
             # one searchsorted for all features: shift feature i's knots (and its inputs, clipped to
             # just outside them, which keeps every interval) into a band [i * C, i * C + span]
@@ -121,6 +120,9 @@ class _Layer:
             self.slot_offset = np.arange(self.n_in) * self.P + 1  # + r below
             self.base_rows = np.arange(self.n_in) * self.P
             self.slot_offset = self.slot_offset + np.arange(k + 1).reshape(-1, 1, 1)  # [k + 1, 1, in]
+            # the weight row of basis r on every table row (feature i, iv): iv + i * P + 1 + r
+            iv_all = np.arange(m + 1).reshape(1, 1, -1)
+            self.table_wrow = (iv_all + self.slot_offset.transpose(0, 2, 1)).reshape(k + 1, -1)  # [k+1, rows]
             self.buffers = {}
             self.W = np.zeros((self.n_in, self.P, self.n_out), dtype=self.dtype)
         return changed
@@ -134,16 +136,11 @@ class _Layer:
             a = self.buffers[key] = np.empty(shape, dtype=dtype or self.dtype)
         return a
 
-    def locate(self, h: np.ndarray, derivative: bool):
-        """Rows of ``W [in * P, out]`` and values (and d/dh) of the ``k + 1`` non-zero bases of every
-        ``h [N, in]``: three arrays ``[k + 1, N, in]`` (bases first, so every operation below runs over
-        contiguous ``[N, in]`` blocks; ``np.take`` rather than fancy indexing, which is ~10x slower).
-        They are work arrays, overwritten by the next call."""
-        k, N = self.k, h.shape[0]
-        shape = (k + 1, N, self.n_in)
+    def interval(self, h: np.ndarray):
+        """For every ``h [N, in]``: its interval ``iv`` (0 = left of the knots .. m = right of them),
+        the table row, the local coordinate ``s`` and the interval's ``1 / width`` (all ``[N, in]``)."""
         z = np.clip(h, self.lo.T, self.hi.T, out=self._buf("z", h.shape))
         z += self.shift.T
-        # interval of every sample, 0 (left of the knots) .. m (right of them), on its feature's knots
         iv = np.searchsorted(self.flat_knots, z.reshape(-1), side="right").reshape(h.shape)
         iv -= self.band
         row = np.add(iv, self.row_offset, out=self._buf("row", h.shape, np.intp))  # table row
@@ -151,6 +148,16 @@ class _Layer:
         np.subtract(h, s, out=s)
         inv_w = np.take(self.inv_w, row, out=self._buf("inv_w", h.shape))
         s *= inv_w  # local coordinate in the interval (0 on the zero rows outside the knots)
+        return iv, row, s, inv_w
+
+    def locate(self, h: np.ndarray, derivative: bool):
+        """Rows of ``W [in * P, out]`` and values (and d/dh) of the ``k + 1`` non-zero bases of every
+        ``h [N, in]``: three arrays ``[k + 1, N, in]`` (bases first, so every operation below runs over
+        contiguous ``[N, in]`` blocks; ``np.take`` rather than fancy indexing, which is ~10x slower).
+        They are work arrays, overwritten by the next call."""
+        k, N = self.k, h.shape[0]
+        shape = (k + 1, N, self.n_in)
+        iv, row, s, inv_w = self.interval(h)
         T = np.take(self.table, row, axis=2, out=self._buf("T", self.table.shape[:2] + h.shape))
         vals = self._buf("vals", shape)  # Horner's rule over [power, basis, N, in]
         np.multiply(T[k], s, out=vals)
@@ -187,14 +194,13 @@ class _Layer:
         return phi
 
     def forward(self, h: np.ndarray, W: np.ndarray, derivative: bool):
-        """``y = Phi(h) @ W`` from the ``k + 1`` gathered weight rows per input, and what backward needs."""
-        wrow, vals, dvals = self.locate(h, derivative)
+        """``y = Phi(h) @ W [N, out]`` and what ``backward`` needs."""
         if self.n_out == 1:
-            Wsel = np.take(W[:, 0], wrow, out=self._buf("Wsel", wrow.shape))  # [k + 1, N, in]
-            y = np.einsum("rni,rni->n", vals, Wsel)[:, None]
-        else:
-            Wsel = np.take(W, wrow, axis=0, out=self._buf("Wsel", wrow.shape + (self.n_out,)))  # [k+1, N, in, out]
-            y = np.einsum("rni,rnio->no", vals, Wsel)
+            return self._forward_single(h, W, derivative)
+        wrow, vals, dvals = self.locate(h, derivative)
+        # the k + 1 weight rows of every (sample, feature): [k + 1, N, in, out]
+        Wsel = np.take(W, wrow, axis=0, out=self._buf("Wsel", wrow.shape + (self.n_out,)))
+        y = np.einsum("rni,rnio->no", vals, Wsel)
         b, db = _activation(self.act, h, derivative)
         if b is not None:
             y += b @ W.take(self.base_rows, axis=0)
@@ -202,21 +208,69 @@ class _Layer:
 
     def backward(self, g: np.ndarray, W: np.ndarray, cache):
         """``(dL/dW [in, P, out], dL/dh [N, in])`` from ``g = dL/dy [N, out]``."""
+        if self.n_out == 1:
+            return self._backward_single(g, W, cache)
         wrow, vals, dvals, Wsel, b, db = cache
         out = g.shape[1]
         size = self.n_in * self.P
-        if out == 1:
-            gsel = np.multiply(Wsel, g, out=self._buf("gsel", wrow.shape))  # dL/d(basis value) [k+1, N, in]
-            weights = np.multiply(vals, g, out=self._buf("gvals", wrow.shape))
-            gW = np.bincount(wrow.reshape(-1), weights.reshape(-1), minlength=size)
-        else:
-            gsel = np.einsum("rnio,no->rni", Wsel, g, out=self._buf("gsel", wrow.shape))
-            idx = np.add(wrow[..., None] * out, np.arange(out), out=self._buf("gidx", Wsel.shape, np.intp))
-            weights = np.multiply(vals[..., None], g[:, None, :], out=self._buf("gvals", Wsel.shape))
-            gW = np.bincount(idx.reshape(-1), weights.reshape(-1), minlength=size * out)
+        gsel = np.einsum("rnio,no->rni", Wsel, g, out=self._buf("gsel", wrow.shape))  # dL/d(basis value)
+        idx = np.add(wrow[..., None] * out, np.arange(out), out=self._buf("gidx", Wsel.shape, np.intp))
+        weights = np.multiply(vals[..., None], g[:, None, :], out=self._buf("gvals", Wsel.shape))
+        gW = np.bincount(idx.reshape(-1), weights.reshape(-1), minlength=size * out)
         gW = gW.astype(self.dtype, copy=False).reshape(self.n_in, self.P, out)
         gsel *= dvals
         gh = gsel.sum(0)
+        if b is not None:
+            gW[:, 0] += b.T @ g
+            gh += (g @ W.take(self.base_rows, axis=0).T) * db
+        return gW, gh
+
+    # A layer with one output needs no per-basis arrays: on every interval the edge's spline is one
+    # polynomial of the local coordinate, sum_r W_r B_r(s) = sum_p c_p s^p, whose k + 1 coefficients
+    # per (feature, interval) cost a tiny product with the table. The value and d/ds come from one
+    # gather of those coefficients, and the weight gradient from the moments sum_n g_n s_n^p per
+    # (feature, interval) contracted with the same table.
+
+    def _forward_single(self, h: np.ndarray, W: np.ndarray, derivative: bool):
+        k = self.k
+        _, row, s, inv_w = self.interval(h)
+        Wr = W[:, 0].take(self.table_wrow)  # [k + 1, rows]: the weights of each table row's bases
+        coef = np.einsum("prt,rt->pt", self.table, Wr)  # [power, rows]
+        C = np.take(coef, row, axis=1, out=self._buf("C", (k + 1,) + h.shape))  # [power, N, in]
+        val = C[k] * s
+        dval = None
+        if derivative:  # Horner for the polynomial and its derivative together
+            dval = C[k].copy()
+        for p in range(k - 1, 0, -1):
+            val += C[p]
+            if derivative:
+                dval *= s
+                dval += val
+            val *= s
+        val += C[0]
+        y = val.sum(1, keepdims=True)
+        b, db = _activation(self.act, h, derivative)
+        if b is not None:
+            y += b @ W.take(self.base_rows, axis=0)
+        if derivative:
+            dval *= inv_w
+        return y, (row, s, dval, b, db)
+
+    def _backward_single(self, g: np.ndarray, W: np.ndarray, cache):
+        row, s, dval, b, db = cache
+        k, rows = self.k, self.table.shape[-1]
+        size = self.n_in * self.P
+        gs = np.broadcast_to(g, s.shape).copy()  # g_n s^p, p = 0, 1, ..
+        moments = np.empty((k + 1, rows))
+        flat_row = row.reshape(-1)
+        for p in range(k + 1):
+            if p:
+                gs *= s
+            moments[p] = np.bincount(flat_row, gs.reshape(-1), minlength=rows)
+        g_table = np.einsum("prt,pt->rt", self.table, moments)  # dL/dW for each table row's bases
+        gW = np.bincount(self.table_wrow.reshape(-1), g_table.reshape(-1), minlength=size)
+        gW = gW.astype(self.dtype, copy=False).reshape(self.n_in, self.P, 1)
+        gh = dval * g
         if b is not None:
             gW[:, 0] += b.T @ g
             gh += (g @ W.take(self.base_rows, axis=0).T) * db
