@@ -729,7 +729,7 @@ def fit(
         opt: "LBFGS" (pykan's: history 10, strong-Wolfe line search, up to 20 iterations per step),
             "Adam", "AdamW", a ``torch.optim.Optimizer`` over the model's parameters, or a factory
             ``params -> Optimizer`` (called with ``lr=lr`` if lr is given).
-        steps: number of optimizer steps (one LBFGS step runs up to 20 function evaluations).
+        steps: number of optimizer steps (one LBFGS step: up to 20 iterations, 25 evaluations).
         lr: learning rate; default 1.0 for LBFGS (its line search scales the step) and 1e-2 for
             Adam/AdamW (small models, a few hundred full-batch steps).
         batch_size: rows per step, drawn without replacement from a fresh permutation each epoch;
@@ -771,8 +771,9 @@ def fit(
         A :class:`History`; each record has ``step`` (1-based), ``train_loss`` (data loss on the
         step's batch, as the optimizer saw it; for LBFGS at its last evaluation), ``test_loss``
         (after the step), ``train_rmse``/``test_rmse`` (regression) or ``train_acc``/``test_acc``
-        (classification), ``reg`` (if lamb > 0), ``lr``, ``seconds`` (since the first step) and any
-        metrics. pykan's ``train_loss`` is our ``train_rmse``.
+        (classification), ``reg`` (if lamb > 0), ``lr``, ``seconds`` (since the first step),
+        ``evaluations`` (loss-and-gradient evaluations so far: one per step for Adam, up to 25 per
+        LBFGS step) and any metrics. pykan's ``train_loss`` is our ``train_rmse``.
 
     Raises:
         TrainingDiverged: (a FloatingPointError) a loss became NaN/inf; the message names the step and
@@ -835,8 +836,10 @@ def fit(
     last: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     batch: dict[str, torch.Tensor] = {}
+    counts = {"evaluations": 0}  # loss-and-gradient evaluations (LBFGS makes many per step)
 
     def closure():
+        counts["evaluations"] += 1
         x, y = batch["x"], batch["y"]
         optimizer.zero_grad(set_to_none=True)
         with autocast():
@@ -879,8 +882,9 @@ def fit(
 
             values = _evaluate(forward, model, data, loss_fn, task, last, metric_fns, autocast)
             lr_now = optimizer.lr if engine is not None else optimizer.param_groups[0]["lr"]
+            evaluations = engine.evaluations if engine is not None else counts["evaluations"]
             record = {"step": step, **{k: float(v) for k, v in values.items()},
-                      "lr": float(lr_now), "seconds": time.perf_counter() - start}
+                      "lr": float(lr_now), "seconds": time.perf_counter() - start, "evaluations": evaluations}
             bad = [k for k in ("train_loss", "test_loss", "reg") if k in record and not math.isfinite(record[k])]
             if bad:
                 raise _divergence(model, good_state, history, step, bad[0], record[bad[0]])

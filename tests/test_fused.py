@@ -192,6 +192,8 @@ def test_fused_fit_follows_the_torch_engine(toy):
     hf, ht = runs[True][1], runs[False][1]
     assert hf.meta["engine"] == "fused" and ht.meta["engine"] == "torch"
     assert hf.train_loss[0] == pytest.approx(ht.train_loss[0], rel=1e-6)  # 20 iterations in step 1
+    assert hf["evaluations"][0] == ht["evaluations"][0] > 20  # the same line-search decisions
+    assert all(e <= 25 * r["step"] for e, r in zip(hf["evaluations"], hf))
     for a, b in zip(hf.test_rmse, ht.test_rmse):
         assert a == pytest.approx(b, rel=0.05)  # rounding differences grow over 60 iterations
     assert hf.last["test_rmse"] < 0.3 * math.sqrt(hf.test_loss[0]) or hf.last["test_rmse"] < 0.05

@@ -154,6 +154,13 @@ def test_test_metrics_use_eval_mode_and_the_final_weights():
     assert h.last["test_rmse"] == pytest.approx(h.last["test_loss"] ** 0.5, rel=1e-5)
 
 
+def test_history_counts_loss_and_gradient_evaluations():
+    h = fit(mlp(), sine_data(), opt="Adam", steps=7, log_every=2, progress=False, seed=0)
+    assert h["evaluations"] == h["step"] == [2, 4, 6, 7]  # one per Adam step
+    h = fit(mlp(), sine_data(), opt="LBFGS", steps=3, progress=False, seed=0)
+    assert 3 < h["evaluations"][-1] <= 3 * 25 and h["evaluations"] == sorted(h["evaluations"])
+
+
 def test_log_every_logs_the_last_step_too():
     h = fit(mlp(), sine_data(), opt="Adam", steps=10, log_every=4, progress=False)
     assert h["step"] == [4, 8, 10]
