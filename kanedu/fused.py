@@ -34,7 +34,7 @@ __all__ = ["FusedKAN", "unsupported_reason"]
 
 _ACTIVATIONS = ("silu", "identity", "zero", "tanh", "relu")
 _NAMES = ("coef", "scale_base", "scale_spline")  # the trainable tensors of a KANLayer, in flat-vector order
-MAX_PHI_ELEMENTS = 1 << 24  # N * in * P above which the dense Phi gets too big: use the torch path
+MAX_PHI_ELEMENTS = 1 << 22  # N * in * P above which a dense Phi (32 MB in float64) is too big: torch path
 
 
 def unsupported_reason(model, x: torch.Tensor) -> str | None:
@@ -197,32 +197,30 @@ class _Layer:
         """``y = Phi(h) @ W [N, out]`` and what ``backward`` needs."""
         if self.n_out == 1:
             return self._forward_single(h, W, derivative)
+        # several outputs: the dense expanded features and two matrix products, like nn.Linear
         wrow, vals, dvals = self.locate(h, derivative)
-        # the k + 1 weight rows of every (sample, feature): [k + 1, N, in, out]
-        Wsel = np.take(W, wrow, axis=0, out=self._buf("Wsel", wrow.shape + (self.n_out,)))
-        y = np.einsum("rni,rnio->no", vals, Wsel)
+        N = h.shape[0]
+        flat = np.add(wrow, (np.arange(N) * (self.n_in * self.P))[:, None], out=self._buf("flat", wrow.shape, np.intp))
+        phi = self._buf("phi", (N, self.n_in * self.P))
+        phi.fill(0.0)
+        phi.reshape(-1)[flat.reshape(-1)] = vals.reshape(-1)
         b, db = _activation(self.act, h, derivative)
         if b is not None:
-            y += b @ W.take(self.base_rows, axis=0)
-        return y, (wrow, vals, dvals, Wsel, b, db)
+            phi[:, self.base_rows] = b
+        return phi @ W, (flat, phi, dvals, db)
 
     def backward(self, g: np.ndarray, W: np.ndarray, cache):
         """``(dL/dW [in, P, out], dL/dh [N, in])`` from ``g = dL/dy [N, out]``."""
         if self.n_out == 1:
             return self._backward_single(g, W, cache)
-        wrow, vals, dvals, Wsel, b, db = cache
-        out = g.shape[1]
-        size = self.n_in * self.P
-        gsel = np.einsum("rnio,no->rni", Wsel, g, out=self._buf("gsel", wrow.shape))  # dL/d(basis value)
-        idx = np.add(wrow[..., None] * out, np.arange(out), out=self._buf("gidx", Wsel.shape, np.intp))
-        weights = np.multiply(vals[..., None], g[:, None, :], out=self._buf("gvals", Wsel.shape))
-        gW = np.bincount(idx.reshape(-1), weights.reshape(-1), minlength=size * out)
-        gW = gW.astype(self.dtype, copy=False).reshape(self.n_in, self.P, out)
+        flat, phi, dvals, db = cache
+        gW = (phi.T @ g).reshape(self.n_in, self.P, g.shape[1])  # the base column is in phi too
+        gphi = g @ W.T  # [N, in * P]
+        gsel = np.take(gphi.reshape(-1), flat, out=self._buf("gsel", flat.shape))  # at the k + 1 slots
         gsel *= dvals
         gh = gsel.sum(0)
-        if b is not None:
-            gW[:, 0] += b.T @ g
-            gh += (g @ W.take(self.base_rows, axis=0).T) * db
+        if db is not None:
+            gh += gphi[:, self.base_rows] * db
         return gW, gh
 
     # A layer with one output needs no per-basis arrays: on every interval the edge's spline is one
