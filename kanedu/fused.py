@@ -12,9 +12,16 @@ backward pass over a flat parameter vector, which ``kanedu.lbfgs.LBFGS`` optimis
   weight is zero);
 * the bases come from ``kanedu.kernels.interval_table`` (exact per-interval polynomials, any knots);
 * the first layer's input is the training data, which does not change while the grid is fixed, so its
-  ``Phi`` is built once per grid (``fit`` updates grids between steps) and reused by every evaluation;
-* backward: ``dL/dW = Phi^T g``; ``dL/dh`` gathers ``g W^T`` at the ``k + 1`` slots times the bases'
-  derivatives, plus the base activation's derivative.
+  ``Phi`` is built once per grid (``fit`` updates grids between steps) and reused by every evaluation
+  (the test inputs' too, for the logged test error);
+* a later layer with several outputs builds its ``Phi`` at every evaluation; backward is
+  ``dL/dW = Phi^T g`` and ``dL/dh`` = ``g W^T`` gathered at the ``k + 1`` slots times the bases'
+  derivatives, plus the base activation's derivative;
+* a later layer with one output (the last layer of a regression KAN) needs no ``Phi``: on each interval
+  its spline is one polynomial of the local coordinate (coefficients from the table and the weights),
+  and its weight gradient comes from per-interval moments of ``g`` (see ``_forward_single``);
+* every work array is kept between evaluations: allocating ~100 KB arrays afresh each time costs page
+  faults that, at these sizes, take longer than the arithmetic.
 
 The loss is the mean squared error, like ``F.mse_loss``. ``tests/test_fused.py`` checks loss and
 gradient against autograd through ``KAN.forward`` (float64, 1e-12), on adaptive grids, inputs outside
