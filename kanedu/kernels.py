@@ -7,9 +7,10 @@ feature ``i``, the slot vector ``phi(x_i) = [b(x_i), B_0(x_i), ..., B_{n-1}(x_i)
     y = Phi(x) @ W.view(in * S, out),    Phi(x) = [N, in * S]   ("the matrix formulation", lesson 03)
 
 Only ``k + 1`` of the ``n`` bases are non-zero at any x, so ``Phi`` is built by writing the ``k + 1``
-local values (see ``kanedu.splines``) into a zero matrix. ``KANFunction`` saves only ``x`` for
-backward and rebuilds ``Phi`` there, so the activation memory is ``[N, in]`` instead of
-``[N, in * S]`` (what ``nn.Linear`` on the expanded features would keep).
+local values (see ``kanedu.splines``) into a zero matrix. ``KANFunction`` saves ``x``, the interval
+index and the local coordinate of every ``x`` (three ``[N, in]`` tensors) for backward and rebuilds
+``Phi`` there, so the activation memory is ``3 [N, in]`` instead of ``[N, in * S]`` (what ``nn.Linear``
+on the expanded features would keep).
 
 Two ways to find the local values:
 
@@ -135,18 +136,18 @@ class Local:
     """The non-zero bases of every ``x[b, f]``, in a "bases first" layout ``[k + 1, N, in]``.
 
     ``interval[b, f]`` (int32, or int64 for huge tensors) is the knot interval ``i`` of ``x[b, f]`` plus
-    ``origin``; basis ``j`` of it, ``B_{i-k+j}``, sits in slot ``first_basis + i - k + j`` of a per-feature
-    slot vector of length ``P``, and slot
+    ``origin``, and ``s[b, f]`` the local coordinate of ``x[b, f]`` on it; basis ``j`` of it, ``B_{i-k+j}``,
+    sits in slot ``first_basis + i - k + j`` of a per-feature slot vector of length ``P``, and slot
     ``base_slot`` holds the base activation. Normally ``P = n + 1`` (slot 0 = base, slot ``1 + m`` =
     basis ``m``). If some x lie outside the base interval, the layout is ``padded``:
     ``[k + 1 spare | n bases | k + 1 spare | base]``, so bases that do not exist land in spare slots
     whose weight is zero, and nothing has to be masked.
     """
 
-    __slots__ = ("interval", "origin", "values", "dvalues", "P", "base_slot", "first_basis", "padded", "k")
+    __slots__ = ("interval", "s", "origin", "values", "dvalues", "P", "base_slot", "first_basis", "padded", "k")
 
-    def __init__(self, interval, origin, values, dvalues, P, base_slot, first_basis, padded, k):
-        self.interval, self.origin, self.values, self.dvalues = interval, origin, values, dvalues
+    def __init__(self, interval, s, origin, values, dvalues, P, base_slot, first_basis, padded, k):
+        self.interval, self.s, self.origin, self.values, self.dvalues = interval, s, origin, values, dvalues
         self.P, self.base_slot, self.first_basis, self.padded, self.k = P, base_slot, first_basis, padded, k
 
     def slot_offsets(self, n_in: int, bases_first: bool, dtype=None) -> torch.Tensor:
@@ -183,17 +184,17 @@ def _slot_offsets(k, n_in, P, shift, bases_first, dtype, device):
 
 def locate(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, derivative: bool) -> Local:
     """Find the interval of every ``x [N, in]`` on its feature's knots ``grid [in, m]`` and evaluate the
-    ``k + 1`` non-zero bases there (and ``d/dx`` of them if ``derivative``)."""
+    ``k + 1`` non-zero bases there (and ``d/dx`` of them if ``derivative``). The result also keeps the
+    local coordinate ``s [N, in]``: with ``interval`` it is all ``relocate`` needs to evaluate them again."""
     N, n_in = x.shape
     m = grid.shape[-1]
     n = m - k - 1
     xd = x.detach()
-
+    inv_w = coef = None
     if uniform:
         t0 = grid[:, 0]
         h = (grid[:, -1] - grid[:, 0]) / (m - 1)
-        exact = x.dtype == torch.float64 or m > 40  # a float64 coordinate keeps float32 exact at large G
-        if exact:
+        if _exact_uniform(x.dtype, m):
             inv_h = 1.0 / h.double()
             u = (xd.double() - t0.double()) * inv_h
         else:
@@ -205,17 +206,6 @@ def locate(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, derivativ
         lo_i, hi_i = (k, n - 1) if inside else (-1, m - 1)
         i = torch.floor(u).clamp_(lo_i, hi_i)
         s = (u - i).to(x.dtype)
-        if not inside:
-            s = s.clamp_(-1.0, 2.0)  # values for far-away x land in spare slots: keep them finite
-        s = s.unsqueeze(0)  # [1, N, in]: bases-first layout
-        C, D = _poly_tensors(k, x.dtype, x.device)
-        values = _horner_first(s, C.view(k + 1, k + 1, 1, 1))
-        dvalues = None
-        if derivative:
-            if k == 0:
-                dvalues = torch.zeros_like(values)
-            else:  # d/dx = d/ds / h: fold the per-feature 1/h into the (tiny) coefficient table
-                dvalues = _horner_first(s, D.view(k, k + 1, 1, 1) * inv_h.to(x.dtype).view(1, 1, 1, n_in))
     else:
         # any knots: find the interval, then the bases are fixed polynomials of the interval's local
         # coordinate, with coefficients tabulated once per grid (see interval_table)
@@ -226,31 +216,77 @@ def locate(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, derivativ
         # i + 1 (the count of knots <= x), clamped: Local keeps it as is (origin 1), one op less
         i = torch.searchsorted(grid, xd.T.contiguous(), right=True, out_int32=True)  # [in, N], 0 .. m
         i = i.clamp_(lo_i + 1, hi_i + 1).T.contiguous()  # [N, in]
-        col = (i + _arange(n_in, torch.int32, x.device) * (m + 1)).view(-1)  # column of (feature, interval)
-        cols = rows.index_select(1, col)  # [2 + (k+1)^2, N * in]
-        s = (xd - cols[0].view(N, n_in)) * cols[1].view(N, n_in)
-        if not inside:
-            s = s.clamp_(-1.0, 2.0)
-        s = s.unsqueeze(0)
-        coef = cols[2:].view(k + 1, k + 1, N, n_in)  # [power, basis, N, in]
-        values = _horner_first(s, coef)
-        dvalues = None
+        cols = rows.index_select(1, _table_columns(i, m))  # [2 + (k+1)^2, N * in]
+        inv_w = cols[1].view(N, n_in)
+        s = (xd - cols[0].view(N, n_in)) * inv_w
+        coef = cols[2:]
+    if not inside:
+        s = s.clamp_(-1.0, 2.0)  # values for far-away x land in spare slots: keep them finite
+    P = n + 1 if inside else n + 2 * k + 3
+    # int32 index arithmetic is ~3x cheaper than int64
+    idx_dtype = torch.int32 if N * n_in * P < 2**31 else torch.int64
+    return _evaluate(i.to(idx_dtype), s, grid, k, uniform, not inside, derivative, coef, inv_w)
+
+
+def relocate(interval: torch.Tensor, s: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool, padded: bool,
+             derivative: bool) -> Local:
+    """``locate`` again from its ``interval`` and ``s``: no interval search, only the ``k + 1`` polynomials
+    (and, on any knots, one gather of the interval's coefficients)."""
+    inv_w = coef = None
+    if not uniform:
+        N, n_in = s.shape
+        rows = _interval_rows(grid, k)[1 if derivative else 2 :]  # [inverse width +] coefficients
+        cols = rows.index_select(1, _table_columns(interval, grid.shape[-1]))
+        inv_w = cols[0].view(N, n_in) if derivative else None
+        coef = cols[1:] if derivative else cols
+    return _evaluate(interval, s, grid, k, uniform, padded, derivative, coef, inv_w)
+
+
+def _exact_uniform(dtype: torch.dtype, m: int) -> bool:
+    """Whether the uniform knot coordinate is computed in float64: a float64 coordinate keeps float32 exact
+    at large G."""
+    return dtype == torch.float64 or m > 40
+
+
+def _table_columns(i: torch.Tensor, m: int) -> torch.Tensor:
+    """Column of ``_interval_rows`` for ``(feature, interval)``: ``i [N, in]`` (origin 1) -> ``[N * in]``."""
+    return (i + _arange(i.shape[1], i.dtype, i.device) * (m + 1)).view(-1)
+
+
+def _evaluate(interval, s, grid, k, uniform, padded, derivative, coef=None, inv_w=None) -> Local:
+    """The ``k + 1`` bases (and derivatives) at local coordinate ``s [N, in]``: fixed polynomials on uniform
+    knots, the gathered per-interval ``coef [(k+1)^2, N * in]`` (``inv_w [N, in]`` = 1 / width) otherwise."""
+    N, n_in = s.shape
+    m = grid.shape[-1]
+    n = m - k - 1
+    s3 = s.unsqueeze(0)  # [1, N, in]: bases-first layout
+    dvalues = None
+    if uniform:
+        C, D = _poly_tensors(k, s.dtype, s.device)
+        values = _horner_first(s3, C.view(k + 1, k + 1, 1, 1))
+        if derivative:
+            if k == 0:
+                dvalues = torch.zeros_like(values)
+            else:  # d/dx = d/ds / h: fold the per-feature 1/h into the (tiny) coefficient table
+                h = (grid[:, -1] - grid[:, 0]) / (m - 1)
+                inv_h = (1.0 / h.double() if _exact_uniform(s.dtype, m) else 1.0 / h).to(s.dtype)
+                dvalues = _horner_first(s3, D.view(k, k + 1, 1, 1) * inv_h.view(1, 1, 1, n_in))
+    else:
+        coef = coef.view(k + 1, k + 1, N, n_in)  # [power, basis, N, in]
+        values = _horner_first(s3, coef)
         if derivative:
             if k == 0:
                 dvalues = torch.zeros_like(values)
             else:
                 dvalues = coef[k] * k
                 for p in range(k - 1, 0, -1):
-                    dvalues = torch.addcmul(coef[p] * p, dvalues, s)
-                dvalues = dvalues * cols[1].view(1, N, n_in)
-
-    if inside:
-        P, base_slot, first_basis = n + 1, 0, 1
-    else:
+                    dvalues = torch.addcmul(coef[p] * p, dvalues, s3)
+                dvalues = dvalues * inv_w.view(1, N, n_in)
+    if padded:
         P, base_slot, first_basis = n + 2 * k + 3, n + 2 * k + 2, k + 1
-    # int32 index arithmetic is ~3x cheaper than int64
-    idx_dtype = torch.int32 if N * n_in * P < 2**31 else torch.int64
-    return Local(i.to(idx_dtype), 0 if uniform else 1, values, dvalues, P, base_slot, first_basis, not inside, k)
+    else:
+        P, base_slot, first_basis = n + 1, 0, 1
+    return Local(interval, s, 0 if uniform else 1, values, dvalues, P, base_slot, first_basis, padded, k)
 
 
 def _arange(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -335,7 +371,12 @@ def base_with_derivative(name_or_fn, x):
 # --------------------------------------------------------------------------------------------------
 
 
-SMALL_BATCH_ELEMENTS = 8192  # N * in at or below which forward keeps its located bases for backward
+# N * in at or below which forward keeps all it located (intervals, bases and their derivatives, 9 values
+# per x for k = 3) for backward; above it, only the interval and local coordinate (and x), from which
+# backward evaluates the bases again without searching (relocate). Measured on CPU at 1 thread: keeping
+# everything saves 0-15% of a step at N * in <= 8192 (per-op overhead), for a few hundred KB; above it the
+# gain is small and the memory would exceed nn.Linear's on the expanded features at small G.
+SMALL_BATCH_ELEMENTS = 8192
 # Slots per feature (P) from which backward gathers the input gradient's k + 1 weight rows instead of the
 # dense ``g @ W^T``. Measured on CPU for k = 3: the dense product wins at G = 5 (P = 9), the gather at
 # G = 50 (P = 55) by 2.5x; the break-even is near P = 20.
@@ -343,7 +384,8 @@ GATHER_GX_MIN_SLOTS = 20
 
 
 class KANFunction(torch.autograd.Function):
-    """``y = Phi(x) @ W``; saves only ``x`` (and the weights) and rebuilds the bases in backward.
+    """``y = Phi(x) @ W``; saves ``x``, the intervals and local coordinates (and the weights) and rebuilds
+    the bases from them in backward.
 
     Forward never builds ``Phi``: an ``embedding_bag`` adds up the ``k + 1`` weighted weight rows of
     every ``(j, b)`` bag, plus one small matmul for the base branch. Backward needs ``Phi`` for the
@@ -366,22 +408,29 @@ class KANFunction(torch.autograd.Function):
         b, _ = base_with_derivative(base, x)
         if b is not None:
             y = torch.addmm(y, b, weight[:, 0, :])
-        ctx.save_for_backward(x, weight, grid)
-        ctx.k, ctx.base, ctx.uniform = k, base, uniform
-        # Small batches are dominated by per-op overhead, not memory: keep the located bases (a few KB)
-        # instead of locating x again in backward. Large batches keep only x.
-        ctx.loc = loc if N * n_in <= SMALL_BATCH_ELEMENTS else None
+        ctx.k, ctx.base, ctx.uniform, ctx.padded = k, base, uniform, loc.padded
+        if small:
+            # Small batches are dominated by per-op overhead, not memory: keep the located bases (a few KB).
+            ctx.save_for_backward(x, weight, grid)
+            ctx.loc, loc.s = loc, None
+        else:
+            # Large batches keep x (for the base's derivative) and what spares backward the interval search:
+            # the interval and the local coordinate, from which relocate evaluates the bases again.
+            ctx.save_for_backward(x, weight, grid, loc.interval, loc.s)
+            ctx.loc = None
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x, weight, grid = ctx.saved_tensors
+        x, weight, grid, *located = ctx.saved_tensors
         k = ctx.k
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         N, n_in = x.shape
         out = weight.shape[-1]
         loc = ctx.loc
-        if loc is None or (need_x and loc.dvalues is None):
+        if located:
+            loc = relocate(*located, grid, k, ctx.uniform, ctx.padded, derivative=need_x)
+        elif loc is None or (need_x and loc.dvalues is None):  # a second backward (retain_graph) comes here
             loc = locate(x, grid, k, ctx.uniform, derivative=need_x)
         ctx.loc = None
         b, db = base_with_derivative(ctx.base, x)

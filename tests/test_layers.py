@@ -83,6 +83,49 @@ def test_large_grid_gathered_input_gradient_equals_reference(k, grid_kind, sprea
     torch.testing.assert_close(Wa.grad, Wb.grad, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("grid_kind", ["uniform", "adaptive"])
+@pytest.mark.parametrize("spread", [0.9, 2.5])
+@pytest.mark.parametrize("G", [7, 30])  # dense g @ W^T / gathered weight rows for dL/dx
+@pytest.mark.parametrize("needs", ["both", "weight", "input"])
+def test_large_batch_rebuilt_from_saved_intervals_equals_reference(k, grid_kind, spread, G, needs):
+    # above SMALL_BATCH_ELEMENTS forward saves the intervals and local coordinates, backward evaluates the
+    # bases again from them (relocate)
+    from kanedu.kernels import SMALL_BATCH_ELEMENTS
+
+    gen = torch.Generator().manual_seed(20 + k + G)
+    n_in, n_out = 3, 4
+    N = SMALL_BATCH_ELEMENTS // n_in + 5
+    x = (torch.rand(N, n_in, dtype=torch.float64, generator=gen) * 2 - 1) * spread
+    if grid_kind == "uniform":
+        grid = uniform_grid(G, k, dtype=torch.float64).expand(n_in, -1).contiguous()
+    else:
+        grid = adaptive_grid(torch.randn(800, n_in, dtype=torch.float64, generator=gen) * 0.6, G, k, 0.1)
+    W = torch.randn(n_in, G + k + 1, n_out, dtype=torch.float64, generator=gen)
+    g = torch.randn(N, n_out, dtype=torch.float64, generator=gen)
+    xa, Wa = x.clone().requires_grad_(needs != "weight"), W.clone().requires_grad_(needs != "input")
+    xb, Wb = x.clone().requires_grad_(needs != "weight"), W.clone().requires_grad_(needs != "input")
+    ya = kan_linear(xa, Wa, grid, k, "silu", uniform=grid_kind == "uniform")
+    yb = reference(xb, Wb, grid, k)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=1e-11)
+    ya.backward(g, retain_graph=True)
+    yb.backward(g)
+    for a, b in ((xa, xb), (Wa, Wb)):
+        if a.requires_grad:
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-10)
+            a.grad = None
+    ya.backward(g)  # a second backward through the same saved tensors gives the same gradients
+    for a, b in ((xa, xb), (Wa, Wb)):
+        if a.requires_grad:
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-10)
+    # float32: the same within float32 rounding
+    xf, Wf = x.float().requires_grad_(needs != "weight"), W.float().requires_grad_(needs != "input")
+    kan_linear(xf, Wf, grid.float(), k, "silu", uniform=grid_kind == "uniform").backward(g.float())
+    for a, b in ((xf, xb), (Wf, Wb)):
+        if a.requires_grad:
+            torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-3)
+
+
 def test_large_grid_gradcheck_and_float32():
     gen = torch.Generator().manual_seed(3)
     x = (torch.rand(9, 2, dtype=torch.float64, generator=gen) * 3 - 1.5).requires_grad_()
