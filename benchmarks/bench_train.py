@@ -58,12 +58,15 @@ def run_pykan(widths, ds, seed=0):
 
 
 def _run_pykan(widths, ds, seed):
-    import kan.MultKAN
+    import importlib
+
     from kan import KAN as PyKAN
+
+    multkan = importlib.import_module("kan.MultKAN")  # the module (kan.MultKAN is also a class name)
 
     evals = 0
 
-    class CountingLBFGS(kan.MultKAN.LBFGS):  # pykan's own LBFGS, counting closure calls
+    class CountingLBFGS(multkan.LBFGS):  # pykan's own LBFGS, counting closure calls
         def step(self, closure):
             def counted():
                 nonlocal evals
@@ -72,7 +75,7 @@ def _run_pykan(widths, ds, seed):
 
             return super().step(counted)
 
-    kan.MultKAN.LBFGS = CountingLBFGS
+    multkan.LBFGS = CountingLBFGS
     quiet = contextlib.ExitStack()  # pykan prints while refining and fitting
     quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
     quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
