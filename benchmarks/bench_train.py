@@ -57,6 +57,12 @@ def run_pykan(widths, ds, seed=0):
             os.chdir(cwd)
 
 
+@contextlib.contextmanager
+def _quiet():
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
 def _run_pykan(widths, ds, seed):
     import importlib
 
@@ -76,13 +82,11 @@ def _run_pykan(widths, ds, seed):
             return super().step(counted)
 
     multkan.LBFGS = CountingLBFGS
-    quiet = contextlib.ExitStack()  # pykan prints while refining and fitting
-    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    model = PyKAN(width=list(widths), grid=GRIDS[0], k=3, seed=seed, auto_save=False, device="cpu")
+    with _quiet():  # pykan prints while building, refining and fitting
+        model = PyKAN(width=list(widths), grid=GRIDS[0], k=3, seed=seed, auto_save=False, device="cpu")
     rows, t0 = [], time.perf_counter()
     for G in GRIDS:
-        with quiet:
+        with _quiet():
             if G != GRIDS[0]:
                 model = model.refine(G)
             model.fit(ds, opt="LBFGS", steps=STEPS)
