@@ -440,8 +440,9 @@ def curve_to_coef(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, spline_o
         A = A + ridge * torch.eye(A.shape[-1], dtype=work, device=A.device)
         coef = torch.linalg.solve(A, Bd.transpose(1, 2) @ Yd)
     else:
-        # gelsy (QR with column pivoting) gives the same minimum-norm solution as the SVD-based gelsd
-        # for rank-deficient designs (intervals without samples), at about 2/3 of the time
-        driver = "gelsy" if Bd.device.type == "cpu" else None
+        # gelsd (SVD): minimum-norm for rank-deficient designs (intervals without samples). Not gelsy:
+        # its pivoted QR gave run-to-run different coefficients for identical inputs (measured), which
+        # breaks seed_everything's bit-identical runs whenever grids are updated.
+        driver = "gelsd" if Bd.device.type == "cpu" else None
         coef = torch.linalg.lstsq(Bd, Yd, driver=driver).solution  # [in, n, out]
     return coef.transpose(1, 2).to(y.dtype)  # [in, out, n]
