@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import median_time  # noqa: E402
 
+import kanedu  # noqa: E402
 from kanedu import KANLayer  # noqa: E402
 
 
@@ -118,10 +119,12 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc as it is")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU")
+    # the CPU set-up lessons use (threads, denormals flushed, freed memory kept for reuse); it is
+    # process-wide, so the baseline and the peers run under it too
+    cfg = kanedu.configure_cpu(threads=args.threads, keep_freed_memory=not args.default_malloc)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU; {cfg}")
     results = {
         "uniform G=5": (run_case("uniform G=5", 1024, 64, 64, 5, 3, False, args.rounds, not args.no_peers), 2.0),
         "uniform G=50": (run_case("uniform G=50", 512, 32, 32, 50, 3, False, args.rounds, not args.no_peers), 1.0),

@@ -649,6 +649,37 @@ def test_configure_cpu_sets_threads_and_denormal_mode():
     assert not info.flush_denormal and denormals_left() == 1 << 18
 
 
+_FAULTS = """
+import resource, torch
+import kanedu
+
+torch.set_num_threads(1)
+layer = kanedu.KANLayer(64, 64)
+x, g = torch.rand(1024, 64, requires_grad=True), torch.randn(1024, 64)
+
+def faults_per_step():
+    for _ in range(3):
+        layer(x).backward(g)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        layer(x).backward(g)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
+
+default = faults_per_step()
+cfg = kanedu.configure_cpu(threads=1)
+print(cfg.keep_freed_memory, default, faults_per_step())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_configure_cpu_keeps_freed_memory_so_temporaries_do_not_fault():
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True, timeout=120)
+    kept, default, tuned = out.stdout.split()
+    assert kept == "True"
+    assert float(default) > 100  # temporaries of mixed sizes: glibc returns them and they fault in again
+    assert float(tuned) < 0.1 * float(default)
+
+
 def test_configure_cpu_flushes_denormals_on_already_running_worker_threads():
     """torch.set_flush_denormal only reaches the calling thread; workers started earlier keep denormals."""
     code = "import torch\n" + inspect.getsource(denormals_left) + textwrap.dedent("""
