@@ -56,6 +56,19 @@ def test_gradcheck_every_path(uniform, base):
     assert torch.autograd.gradcheck(lambda x, W: kan_linear(x, W, grid, 3, base, uniform), (x, W))
 
 
+def _kernel_case(seed, n_in, n_out, G, N, k, grid_kind, spread):
+    """float64 inputs (``spread`` > 1 puts some outside the grid), grid, weights and output gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(N, n_in, dtype=torch.float64, generator=gen) * 2 - 1) * spread
+    if grid_kind == "uniform":
+        grid = uniform_grid(G, k, dtype=torch.float64).expand(n_in, -1).contiguous()
+    else:
+        grid = adaptive_grid(torch.randn(800, n_in, dtype=torch.float64, generator=gen) * 0.6, G, k, 0.1)
+    W = torch.randn(n_in, G + k + 1, n_out, dtype=torch.float64, generator=gen)
+    g = torch.randn(N, n_out, dtype=torch.float64, generator=gen)
+    return x, grid, W, g
+
+
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("grid_kind", ["uniform", "adaptive"])
 @pytest.mark.parametrize("spread", [0.9, 2.5])
@@ -64,16 +77,9 @@ def test_large_grid_gathered_input_gradient_equals_reference(k, grid_kind, sprea
     # G = 30: P >= GATHER_GX_MIN_SLOTS, so backward gathers the k + 1 weight rows for dL/dx
     from kanedu.kernels import GATHER_GX_MIN_SLOTS
 
-    gen = torch.Generator().manual_seed(10 + k)
-    n_in, n_out, G, N = 5, 4, 30, 300
+    G = 30
     assert G + k + 1 >= GATHER_GX_MIN_SLOTS
-    x = (torch.rand(N, n_in, dtype=torch.float64, generator=gen) * 2 - 1) * spread
-    if grid_kind == "uniform":
-        grid = uniform_grid(G, k, dtype=torch.float64).expand(n_in, -1).contiguous()
-    else:
-        grid = adaptive_grid(torch.randn(800, n_in, dtype=torch.float64, generator=gen) * 0.6, G, k, 0.1)
-    W = torch.randn(n_in, G + k + 1, n_out, dtype=torch.float64, generator=gen)
-    g = torch.randn(N, n_out, dtype=torch.float64, generator=gen)
+    x, grid, W, g = _kernel_case(10 + k, 5, 4, G, 300, k, grid_kind, spread)
     xa, Wa = x.clone().requires_grad_(), W.clone().requires_grad_()
     xb, Wb = x.clone().requires_grad_(), W.clone().requires_grad_()
     kan_linear(xa, Wa, grid, k, base, uniform=grid_kind == "uniform").backward(g)
@@ -93,16 +99,7 @@ def test_large_batch_rebuilt_from_saved_intervals_equals_reference(k, grid_kind,
     # bases again from them (relocate)
     from kanedu.kernels import SMALL_BATCH_ELEMENTS
 
-    gen = torch.Generator().manual_seed(20 + k + G)
-    n_in, n_out = 3, 4
-    N = SMALL_BATCH_ELEMENTS // n_in + 5
-    x = (torch.rand(N, n_in, dtype=torch.float64, generator=gen) * 2 - 1) * spread
-    if grid_kind == "uniform":
-        grid = uniform_grid(G, k, dtype=torch.float64).expand(n_in, -1).contiguous()
-    else:
-        grid = adaptive_grid(torch.randn(800, n_in, dtype=torch.float64, generator=gen) * 0.6, G, k, 0.1)
-    W = torch.randn(n_in, G + k + 1, n_out, dtype=torch.float64, generator=gen)
-    g = torch.randn(N, n_out, dtype=torch.float64, generator=gen)
+    x, grid, W, g = _kernel_case(20 + k + G, 3, 4, G, SMALL_BATCH_ELEMENTS // 3 + 5, k, grid_kind, spread)
     xa, Wa = x.clone().requires_grad_(needs != "weight"), W.clone().requires_grad_(needs != "input")
     xb, Wb = x.clone().requires_grad_(needs != "weight"), W.clone().requires_grad_(needs != "input")
     ya = kan_linear(xa, Wa, grid, k, "silu", uniform=grid_kind == "uniform")
