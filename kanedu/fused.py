@@ -124,9 +124,9 @@ class _Layer:
             self.t_left = t_left.numpy().reshape(-1)
             self.inv_w = inv_w.numpy().reshape(-1)
             self.row_offset = np.arange(self.n_in) * (m + 1)
-            self.slot_offset = np.arange(self.n_in) * self.P + 1  # + r below
             self.base_rows = np.arange(self.n_in) * self.P
-            self.slot_offset = self.slot_offset + np.arange(k + 1).reshape(-1, 1, 1)  # [k + 1, 1, in]
+            # weight row of basis r of a sample in table row iv: iv + slot_offset[r], [k + 1, 1, in]
+            self.slot_offset = self.base_rows + 1 + np.arange(k + 1).reshape(-1, 1, 1)
             # the weight row of basis r on every table row (feature i, iv): iv + i * P + 1 + r
             iv_all = np.arange(m + 1).reshape(1, 1, -1)
             self.table_wrow = (iv_all + self.slot_offset.transpose(0, 2, 1)).reshape(k + 1, -1)  # [k+1, rows]
@@ -323,6 +323,7 @@ class FusedKAN:
         self._test_features = None
         self.evaluations = 0
         self.last_pred, self.last_loss = None, math.nan
+        self.pack()  # grids, tables, first-layer features and frozen tensors: ready to evaluate
 
     # ---- parameters -----------------------------------------------------------------------------------
 

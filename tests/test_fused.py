@@ -57,6 +57,14 @@ def test_loss_and_gradient_equal_autograd(widths, act, k):
     np.testing.assert_allclose(engine.predict(x.numpy()), model(x).detach().numpy(), rtol=0, atol=1e-12)
 
 
+def test_a_new_engine_evaluates_without_pack():
+    model, x, y = _perturbed_kan([2, 3, 1])
+    v = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad]).numpy()
+    loss, _ = FusedKAN(model, x, y)(v)
+    assert loss == pytest.approx(_flat_autograd_grad(model, x, y)[0], rel=1e-12)
+    np.testing.assert_allclose(FusedKAN(model, x, y).predict(x.numpy(), v), model(x).detach().numpy(), atol=1e-12)
+
+
 def test_frozen_scales_are_left_out_of_the_vector():
     model, x, y = _perturbed_kan([2, 3, 1], learn_scales=False)
     engine = FusedKAN(model, x, y)
