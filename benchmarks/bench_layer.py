@@ -4,6 +4,9 @@ For a layer in -> out with G intervals and order k, the baseline is the dense pr
 reduces to, ``[B, in*(G+k+1)] @ [in*(G+k+1), out]``, forward + backward (what ``nn.Linear`` on the
 expanded features costs). Peers (pykan, flashkan) are timed when installed, skipped otherwise.
 
+On the CPU ``kanedu`` runs the compiled loops of ``kanedu.native`` (numba); the torch kernel that runs on
+a GPU, or where numba is missing, is timed beside it as "kanedu (torch kernel)".
+
 Run: python benchmarks/bench_layer.py [--threads 2] [--rounds 7]
 Targets (issue 3): uniform G=5 (64->64, B=1024) <= 2.0x; uniform G=50 (32->32, B=512) <= 1.0x;
 adaptive G=5 <= 5x; saved activations <= those of nn.Linear(in*(G+k), out).
@@ -23,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import median_time  # noqa: E402
 
 import kanedu  # noqa: E402
-from kanedu import KANLayer  # noqa: E402
+from kanedu import KANLayer, native  # noqa: E402
 
 
 def saved_bytes(fn, params) -> int:
@@ -50,6 +53,19 @@ def fwd_bwd(module_or_fn, x, g):
         y.backward(g)
 
     return step
+
+
+def without_native(step):
+    """``step`` with kanedu's compiled loops switched off (the torch kernel runs instead)."""
+
+    def run():
+        native.ENABLED = False
+        try:
+            step()
+        finally:
+            native.ENABLED = True
+
+    return run
 
 
 def peers(n_in, n_out, G, k):
@@ -85,6 +101,10 @@ def run_case(name, B, n_in, n_out, G, k, adaptive, rounds, with_peers):
     W = torch.randn(n_out, D, generator=gen, requires_grad=True)
     cands = {"dense matmul (baseline)": fwd_bwd(lambda X: torch.nn.functional.linear(X, W), X, g),
              "kanedu": fwd_bwd(layer, x, g)}
+    if native.ENABLED:
+        cands["kanedu (torch kernel)"] = without_native(fwd_bwd(layer, x, g))
+    else:
+        print("  (numba is not installed, or KANEDU_NATIVE=0: kanedu runs its torch kernel)")
     skipped = {}
     if with_peers:
         for pname, p in peers(n_in, n_out, G, k).items():
@@ -125,6 +145,7 @@ def main():
     # process-wide, so the baseline and the peers run under it too
     cfg = kanedu.configure_cpu(threads=args.threads, keep_freed_memory=not args.default_malloc)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU; {cfg}")
+    print(f"kanedu engine on the CPU: {'compiled loops (kanedu.native, numba)' if native.ENABLED else 'torch kernel'}")
     results = {
         "uniform G=5": (run_case("uniform G=5", 1024, 64, 64, 5, 3, False, args.rounds, not args.no_peers), 2.0),
         "uniform G=50": (run_case("uniform G=50", 512, 32, 32, 50, 3, False, args.rounds, not args.no_peers), 1.0),

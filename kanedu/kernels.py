@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 # --------------------------------------------------------------------------------------------------
 # local bases
 # --------------------------------------------------------------------------------------------------
@@ -471,6 +473,9 @@ def kan_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, spline
                uniform: bool = True) -> torch.Tensor:
     """Functional KAN layer: ``x [N, in]``, ``weight [in, n + 1, out]`` (slot 0 = base weight) -> ``[N, out]``.
 
-    ``grid [in, n + k + 1]``; ``uniform=True`` requires equally spaced knots per feature.
+    ``grid [in, n + k + 1]``; ``uniform=True`` requires equally spaced knots per feature. On the CPU this
+    runs the compiled loops of ``kanedu.native`` (when numba is installed), elsewhere the torch kernel above.
     """
+    if native.supports(x, weight, spline_order):
+        return native.NativeKANFunction.apply(x, weight, grid, spline_order, base, uniform)
     return KANFunction.apply(x, weight, grid, spline_order, base, uniform)

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from . import kernels
+from . import kernels, native
 from .splines import (
     _check_grid_size,
     _check_order,
@@ -214,7 +214,11 @@ class KANLayer(nn.Module):
         # the kernel has closed-form derivatives for named activations, and uses autograd for the others
         name = self.base_activation
         base = None if name == "zero" else name if name in kernels.BASE_FUNCTIONS else BASE_ACTIVATIONS[name]
-        y = kernels.kan_linear(x2, self.combined_weight(), self.grid, self.spline_order, base, self._uniform)
+        if native.supports(x2, self.coef, self.spline_order):  # CPU: compiled loops, weights combined there
+            y = native.kan_layer(x2, self.coef, self.scale_base, self.scale_spline, self.mask, self.grid,
+                                 self.spline_order, base, self._uniform)
+        else:
+            y = kernels.kan_linear(x2, self.combined_weight(), self.grid, self.spline_order, base, self._uniform)
         if self.symbolic is not None:
             y = y + self.symbolic(x2)
         return y.reshape(*lead, self.out_features)

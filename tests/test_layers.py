@@ -3,9 +3,19 @@
 import pytest
 import torch
 
-from kanedu import KANLayer
+from kanedu import KANLayer, native
 from kanedu.kernels import kan_linear
 from kanedu.splines import adaptive_grid, bspline_basis, curve_to_coef, uniform_grid
+
+
+@pytest.fixture(params=["native", "torch"])
+def engine(request, monkeypatch):
+    """Run a kernel test on both CPU engines: the compiled loops (kanedu.native) and the torch kernel (what
+    runs on a GPU, or without numba)."""
+    if request.param == "native" and not native.ENABLED:
+        pytest.skip("numba is not installed (or KANEDU_NATIVE=0)")
+    monkeypatch.setattr(native, "ENABLED", request.param == "native")
+    return request.param
 
 
 def rel_change(new, old):
@@ -22,7 +32,7 @@ def reference(x, weight, grid, k):
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 @pytest.mark.parametrize("grid_kind", ["uniform", "adaptive"])
 @pytest.mark.parametrize("spread", [0.9, 2.5])  # inside the grid / partly outside the extended knots
-def test_fast_kernel_equals_reference_forward_and_backward(k, grid_kind, spread):
+def test_fast_kernel_equals_reference_forward_and_backward(k, grid_kind, spread, engine):
     gen = torch.Generator().manual_seed(k)
     n_in, n_out, G = 4, 3, 7
     x = (torch.rand(257, n_in, dtype=torch.float64, generator=gen) * 2 - 1) * spread
@@ -45,7 +55,7 @@ def test_fast_kernel_equals_reference_forward_and_backward(k, grid_kind, spread)
 
 @pytest.mark.parametrize("uniform", [True, False])
 @pytest.mark.parametrize("base", ["silu", "tanh", "identity", "relu", None])
-def test_gradcheck_every_path(uniform, base):
+def test_gradcheck_every_path(uniform, base, engine):
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(12, 3, dtype=torch.float64, generator=gen) * 3 - 1.5).requires_grad_()
     if uniform:
@@ -73,7 +83,7 @@ def _kernel_case(seed, n_in, n_out, G, N, k, grid_kind, spread):
 @pytest.mark.parametrize("grid_kind", ["uniform", "adaptive"])
 @pytest.mark.parametrize("spread", [0.9, 2.5])
 @pytest.mark.parametrize("base", ["silu", None])
-def test_large_grid_gathered_input_gradient_equals_reference(k, grid_kind, spread, base):
+def test_large_grid_gathered_input_gradient_equals_reference(k, grid_kind, spread, base, engine):
     # G = 30: P >= GATHER_GX_MIN_SLOTS, so backward gathers the k + 1 weight rows for dL/dx
     from kanedu.kernels import GATHER_GX_MIN_SLOTS
 
@@ -94,7 +104,7 @@ def test_large_grid_gathered_input_gradient_equals_reference(k, grid_kind, sprea
 @pytest.mark.parametrize("spread", [0.9, 2.5])
 @pytest.mark.parametrize("G", [7, 30])  # dense g @ W^T / gathered weight rows for dL/dx
 @pytest.mark.parametrize("needs", ["both", "weight", "input"])
-def test_large_batch_rebuilt_from_saved_intervals_equals_reference(k, grid_kind, spread, G, needs):
+def test_large_batch_rebuilt_from_saved_intervals_equals_reference(k, grid_kind, spread, G, needs, engine):
     # above SMALL_BATCH_ELEMENTS forward saves the intervals and local coordinates, backward evaluates the
     # bases again from them (relocate)
     from kanedu.kernels import SMALL_BATCH_ELEMENTS
@@ -123,7 +133,7 @@ def test_large_batch_rebuilt_from_saved_intervals_equals_reference(k, grid_kind,
             torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-3)
 
 
-def test_large_grid_gradcheck_and_float32():
+def test_large_grid_gradcheck_and_float32(engine):
     gen = torch.Generator().manual_seed(3)
     x = (torch.rand(9, 2, dtype=torch.float64, generator=gen) * 3 - 1.5).requires_grad_()
     grid = uniform_grid(25, 3, dtype=torch.float64).expand(2, -1).contiguous()
@@ -138,13 +148,13 @@ def test_large_grid_gradcheck_and_float32():
     torch.testing.assert_close(Wf.grad.double(), Wd.grad, rtol=1e-4, atol=1e-4)
 
 
-def test_layer_forward_equals_edge_by_edge_reference_float32():
+def test_layer_forward_equals_edge_by_edge_reference_float32(engine):
     layer = KANLayer(5, 6, grid_size=8)
     x = torch.rand(300, 5) * 2.6 - 1.3
     torch.testing.assert_close(layer(x), layer.forward_reference(x), rtol=1e-5, atol=1e-5)
 
 
-def test_float32_large_grid_stays_exact():
+def test_float32_large_grid_stays_exact(engine):
     layer = KANLayer(3, 2, grid_size=200)
     with torch.no_grad():
         layer.coef.normal_()

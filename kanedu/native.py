@@ -1,0 +1,567 @@
+"""Compiled CPU kernels for the KAN layer on uniform grids (numba), used by ``kernels.kan_linear``.
+
+Only ``k + 1`` of a feature's ``G + k`` bases are non-zero at any x, so a KAN layer does
+``(k + 2) * in * out`` multiply-adds per sample (the ``k + 1`` bases and the base activation), where the
+dense product on the expanded features does ``(G + k + 1) * in * out``. The torch kernel in
+``kanedu.kernels`` cannot exploit that in backward (it rebuilds the expanded features and multiplies);
+these loops can. For every sample ``b`` and feature ``f`` they find the interval ``i`` of ``x[b, f]`` on
+the uniform knots, evaluate the ``k + 1`` local polynomials there, and then
+
+* forward: ``y[b] += b(x) W[f, 0] + sum_j B_j W[f, 1 + i - k + j]``  (rows of ``out`` values);
+* backward: ``dW[f, slot] += B_j g[b]`` for the same rows, and
+  ``dx[b, f] = <g[b], b'(x) W[f, 0] + sum_j B'_j W[f, slot_j]>``.
+
+Forward splits the batch over threads, backward splits the features (each thread owns its features'
+weight-gradient rows, so nothing is shared). The loops are generated for each spline order, so the
+``k + 1`` terms are unrolled into one pass over each output row, and compiled on first use (about a
+second per order and dtype, once per process; nothing is written to disk). The base activation and its
+derivative are computed by torch, vectorised, and passed in.
+
+Set the environment variable ``KANEDU_NATIVE=0`` before importing kanedu to use the torch kernel
+everywhere (the results agree to rounding; tests hold both to the Cox-de Boor reference).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+# numba is a declared dependency, imported when the first kernel is compiled (it takes ~0.3 s); without it
+# (an odd platform) everything runs on the torch kernel
+ENABLED = importlib.util.find_spec("numba") is not None and os.environ.get("KANEDU_NATIVE", "1") != "0"
+# below this many multiply-adds (N * in * out) a call runs on the calling thread only. Handing work to a
+# second thread costs tens of microseconds, and on the 2-vCPU machine we measure on (vCPUs that behave like
+# two hyperthreads of one core) splitting was 5-10% slower at the sizes of benchmarks/bench_layer.py.
+PARALLEL_MIN_WORK = 1 << 21
+
+_KERNELS: dict = {}
+_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+
+
+def supports(x: torch.Tensor, weight: torch.Tensor, k: int) -> bool:
+    """Whether these kernels can run the layer: numba present and enabled, ``k >= 1``, float32 or float64
+    on the CPU."""
+    return (ENABLED and k >= 1 and x.device.type == "cpu" and weight.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype)
+
+
+def _horner(k: int, j: int) -> str:
+    """Source of local basis ``j`` at ``s``: ``sum_p C[p, j] s^p`` by Horner's rule, with the coefficients
+    of the uniform bases (``kernels._uniform_poly``) written in as literals."""
+    from .kernels import _uniform_poly
+
+    C = _uniform_poly(k)
+    h = repr(float(C[k, j]))
+    for p in range(k - 1, -1, -1):
+        h = f"({h}) * s + {float(C[p, j])!r}"
+    return h
+
+
+def _dhorner(k: int, j: int) -> str:
+    """Source of ``d/ds`` of local basis ``j``: ``sum_p (p + 1) C[p + 1, j] s^p``."""
+    from .kernels import _uniform_poly
+
+    C = _uniform_poly(k)
+    h = repr(float(k * C[k, j]))
+    for p in range(k - 2, -1, -1):
+        h = f"({h}) * s + {float((p + 1) * C[p + 1, j])!r}"
+    return h
+
+
+def _locate_source(k: int, adaptive: bool, xv: str, f: str, col: str, deriv: str, indent: int) -> str:
+    """Source that writes column ``col`` of ``L`` for the value ``xv`` of feature ``f`` (see ``_source``)."""
+    K = k + 1
+    if not adaptive:
+        lines = [
+            f"u = (np.float64({xv}) - ab[1, {f}]) * ab[0, {f}]",
+            "i = np.floor(u)",
+            f"i = min(max(i, -{K}.0), n + {k}.0)  # beyond the knots: every slot out of range",
+            "s = u - i",
+            f"L[0, {col}] = T(i - {k - 1})  # a NaN x gives a NaN slot: slot() maps it out of range",
+        ]
+        lines += [f"L[{1 + j}, {col}] = T({_horner(k, j)})" for j in range(K)]
+        lines += [f"if {deriv}:"]
+        lines += [f"    L[{1 + K + j}, {col}] = T(({_dhorner(k, j)}) * ab[0, {f}])" for j in range(K)]
+    else:
+        # any knots: binary search for the interval, then that interval's polynomials (kernels.interval_table)
+        lines = [
+            f"xv = {xv}",
+            "lo = cnt[b, " + f + "]  # the number of knots <= x (0 for NaN), counted by _count_knots",
+            f"s = (np.float64(xv) - tl[{f}, lo]) * iw[{f}, lo]",
+            f"L[0, {col}] = T(lo - {k})",
+        ]
+        for j in range(K):
+            h = f"tab[{f}, lo, {k}, {j}]"
+            for p in range(k - 1, -1, -1):
+                h = f"({h}) * s + tab[{f}, lo, {p}, {j}]"
+            lines.append(f"L[{1 + j}, {col}] = T({h})")
+        lines += [f"if {deriv}:"]
+        for j in range(K):
+            h = f"{k}.0 * tab[{f}, lo, {k}, {j}]"
+            for p in range(k - 1, 0, -1):
+                h = f"({h}) * s + {p}.0 * tab[{f}, lo, {p}, {j}]"
+            lines.append(f"    L[{1 + K + j}, {col}] = T(({h}) * iw[{f}, lo])")
+    return "\n".join(" " * indent + line for line in lines) + "\n"
+
+
+def _source(k: int, adaptive: bool) -> str:
+    """Python source of the kernels for spline order ``k``; ``T`` (the layer's dtype) is bound when it is
+    compiled. The ``k + 1`` terms of every row update are written out, and every value an inner loop uses
+    is read into a local first, so each inner loop is one vectorised pass over ``out``.
+
+    ``gc`` holds the grid's constants (``_grid_constants``). Uniform knots: ``ab [2, in]`` (float64), ``1/h``
+    and ``t0`` of every feature, so that the knot coordinate is ``u = (x - ab[1]) * ab[0]``. Any knots:
+    ``kernels.interval_table`` (float64; row ``r`` = interval ``r - 1``) and ``cnt [N, in]``, the number of
+    knots <= each x (``_count_knots``). The located bases of a row (or column) of ``x`` go to
+    ``L [1 + 2(k+1), in (or N)]``: row 0 the slot of the first non-zero basis (1-based: slot 0 of a
+    feature is its base activation; slots outside ``1..n`` do not exist), rows ``1..k+1`` the bases,
+    the rest their ``d/dx``.
+    """
+    K = k + 1
+    unpack = "    tab, tl, iw, cnt = gc" if adaptive else "    ab = gc[0]"
+    v = "\n".join(f"                v{j} = L[{1 + j}, f]" for j in range(K))
+    rows = " + ".join(f"v{j} * W[f, q + {j}, o]" for j in range(K))
+    phirows = "\n".join(f"                row[at + q + {j}] = L[{1 + j}, f]" for j in range(K))
+    phirows_in = "\n".join(f"                    row[at + q + {j}] = L[{1 + j}, f]" for j in range(K))
+    gathered = " + ".join(f"L[{1 + K + j}, f] * row[at + q + {j}]" for j in range(K))
+    bv = "\n".join(f"                    d{j} = L[{1 + K + j}, b]" for j in range(K))
+    drows = " + ".join(f"d{j} * W[f, q + {j}, o]" for j in range(K))
+    gwrows = "\n".join(f"                    v = L[{1 + j}, b]\n                    for o in range(n_out):\n"
+                       f"                        gW[f, q + {j}, o] += v * g[b, o]" for j in range(K))
+    return f"""
+def slot(L, c):
+    q = L[0, c]
+    return np.int64(q) if q == q else np.int64(-{2 * K})
+
+
+def build_phi(x, bx, has_base, gc, n, phi, b0, b1):
+{unpack}
+    # the expanded features Phi[b, f * (n + 1) + slot] of rows b0..b1: zeros but for k + 2 per feature
+    n_in = x.shape[1]
+    P = n + 1
+    L = np.empty(({1 + 2 * K}, n_in), phi.dtype)
+    for b in range(b0, b1):
+        for f in range(n_in):
+{_locate_source(k, adaptive, "x[b, f]", "f", "f", "False", 12)}
+        row = phi[b]
+        for c in range(row.shape[0]):
+            row[c] = 0.0
+        for f in range(n_in):
+            at = f * P
+            if has_base:
+                row[at] = bx[b, f]
+            q = slot(L, f)
+            if q >= 1 and q + {k} <= n:
+{phirows}
+            else:
+                for j in range({K}):
+                    if q + j >= 1 and q + j <= n:
+                        row[at + q + j] = L[1 + j, f]
+
+
+def build_phi_gather(x, bx, dbx, has_base, gc, n, phi, gphi, gx, need_w, need_x, b0, b1):
+{unpack}
+    # backward, rows b0..b1: Phi again (if need_w) and gx[b, f] = sum over the k + 2 used slots of
+    # dPhi/dx * dL/dPhi (if need_x), locating every x once for both
+    n_in = x.shape[1]
+    P = n + 1
+    L = np.empty(({1 + 2 * K}, n_in), gx.dtype)
+    for b in range(b0, b1):
+        for f in range(n_in):
+{_locate_source(k, adaptive, "x[b, f]", "f", "f", "need_x", 12)}
+        if need_w:
+            row = phi[b]
+            for c in range(row.shape[0]):
+                row[c] = 0.0
+            for f in range(n_in):
+                at = f * P
+                if has_base:
+                    row[at] = bx[b, f]
+                q = slot(L, f)
+                if q >= 1 and q + {k} <= n:
+{phirows_in}
+                else:
+                    for j in range({K}):
+                        if q + j >= 1 and q + j <= n:
+                            row[at + q + j] = L[1 + j, f]
+        if need_x:
+            row = gphi[b]
+            for f in range(n_in):
+                at = f * P
+                acc = dbx[b, f] * row[at] if has_base else T(0.0)
+                q = slot(L, f)
+                if q >= 1 and q + {k} <= n:
+                    acc += {gathered}
+                else:
+                    for j in range({K}):
+                        if q + j >= 1 and q + j <= n:
+                            acc += L[{1 + K} + j, f] * row[at + q + j]
+                gx[b, f] = acc
+
+
+def forward(x, bx, has_base, W, gc, n, y, b0, b1):
+{unpack}
+    # y[b] = sum_f b(x[b, f]) W[f, 0] + sum_j B_j(x[b, f]) W[f, q + j], for rows b0..b1
+    n_in = x.shape[1]
+    n_out = W.shape[2]
+    L = np.empty(({1 + 2 * K}, n_in), y.dtype)
+    for b in range(b0, b1):
+        for f in range(n_in):
+{_locate_source(k, adaptive, "x[b, f]", "f", "f", "False", 12)}
+        for o in range(n_out):
+            y[b, o] = 0.0
+        for f in range(n_in):
+            q = slot(L, f)
+            bv = bx[b, f] if has_base else T(0.0)
+            if q >= 1 and q + {k} <= n:
+{v}
+                for o in range(n_out):
+                    y[b, o] += bv * W[f, 0, o] + {rows}
+                continue
+            if has_base:
+                for o in range(n_out):
+                    y[b, o] += bv * W[f, 0, o]
+            for j in range({K}):
+                if q + j >= 1 and q + j <= n:
+                    v = L[1 + j, f]
+                    for o in range(n_out):
+                        y[b, o] += v * W[f, q + j, o]
+
+
+def backward(x, bx, dbx, has_base, W, g, gc, n, need_x, need_w, gx, gW, f0, f1):
+{unpack}
+    # the gradients of features f0..f1: gW[f] (all of it) and gx[:, f]; one feature at a time, so that
+    # its rows of gW stay in the L1 cache
+    N = x.shape[0]
+    n_out = W.shape[2]
+    L = np.empty(({1 + 2 * K}, N), g.dtype)
+    for f in range(f0, f1):
+        for b in range(N):
+{_locate_source(k, adaptive, "x[b, f]", "f", "b", "need_x", 12)}
+        if need_w:
+            for r in range(W.shape[1]):
+                for o in range(n_out):
+                    gW[f, r, o] = 0.0
+        for b in range(N):
+            q = slot(L, b)
+            full = q >= 1 and q + {k} <= n
+            if need_x:
+                dbv = dbx[b, f] if has_base else T(0.0)
+                acc = T(0.0)
+                if full:
+{bv}
+                    for o in range(n_out):
+                        acc += g[b, o] * (dbv * W[f, 0, o] + {drows})
+                else:
+                    if has_base:
+                        for o in range(n_out):
+                            acc += g[b, o] * W[f, 0, o]
+                        acc *= dbv
+                    for j in range({K}):
+                        if q + j >= 1 and q + j <= n:
+                            dv = L[{1 + K} + j, b]
+                            for o in range(n_out):
+                                acc += g[b, o] * dv * W[f, q + j, o]
+                gx[b, f] = acc
+            if need_w:
+                if has_base:
+                    v = bx[b, f]
+                    for o in range(n_out):
+                        gW[f, 0, o] += v * g[b, o]
+                if full:  # one row at a time: a single store stream per loop vectorises
+{gwrows}
+                else:
+                    for j in range({K}):
+                        if q + j >= 1 and q + j <= n:
+                            v = L[1 + j, b]
+                            for o in range(n_out):
+                                gW[f, q + j, o] += v * g[b, o]
+"""
+
+
+def _kernels(k: int, dtype: torch.dtype, adaptive: bool):
+    """The compiled kernels for spline order ``k``, ``dtype`` and kind of grid (built once per process)."""
+    key = (k, dtype, adaptive)
+    with _LOCK:
+        if key not in _KERNELS:
+            ns = {"np": np, "math": math, "T": np.float32 if dtype == torch.float32 else np.float64}
+            exec(_source(k, adaptive), ns)  # noqa: S102 - our own generated source
+            jit = _jit(fastmath=True)
+            ns["slot"] = jit(ns["slot"])  # the kernels call it through the namespace
+            _KERNELS[key] = {name: jit(ns[name]) for name in ("build_phi", "build_phi_gather", "forward", "backward")}
+        return _KERNELS[key]
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=7, thread_name_prefix="kanedu-native")
+    return _POOL
+
+
+def _run_split(fn, total: int, work: int, args_of):
+    """Run ``fn(*args_of(lo, hi))`` over ``[0, total)`` in ``torch.get_num_threads()`` parts (the calling
+    thread takes the last part)."""
+    parts = max(1, min(torch.get_num_threads(), 8, total, work // PARALLEL_MIN_WORK))
+    if parts == 1:
+        fn(*args_of(0, total))
+        return
+    bounds = [total * p // parts for p in range(parts + 1)]
+    futures = [_pool().submit(fn, *args_of(bounds[p], bounds[p + 1])) for p in range(parts - 1)]
+    fn(*args_of(bounds[-2], bounds[-1]))
+    for fut in futures:
+        fut.result()
+
+
+def _grid_constants(grid: torch.Tensor, k: int, uniform: bool) -> tuple:
+    """What the kernels need to know of the knots (cached on the grid until it changes). Uniform knots:
+    ``(ab,)``, ``ab [2, in]`` = ``1/h`` and ``t0`` per feature. Any knots: ``(table, t_left, 1/width,
+    knots^T)``: ``kernels.interval_table`` in float64, and the knots ``[m, in]`` as they are (compared with
+    x by ``_count_knots``)."""
+    cached = getattr(grid, "_kanedu_native_constants", None)
+    if cached is not None and cached[0] == (grid._version, k, uniform):
+        return cached[1]
+    g = grid.detach().cpu()
+    if uniform:
+        g = g.double()
+        inv_h = (g.shape[1] - 1) / (g[:, -1] - g[:, 0])
+        out = (torch.stack([inv_h, g[:, 0]]).contiguous().numpy(),)
+    else:
+        from .kernels import interval_table
+
+        T, t_left, inv_w = interval_table(grid.detach().cpu().double(), k)
+        out = (T.contiguous().numpy(), t_left.contiguous().numpy(), inv_w.contiguous().numpy(),
+               g.T.contiguous().numpy())
+    grid._kanedu_native_constants = ((grid._version, k, uniform), out)
+    return out
+
+
+def _call_constants(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool) -> tuple:
+    """``_grid_constants``, and for any knots the number of knots <= every ``x`` (``cnt [N, in]``)."""
+    gc = _grid_constants(grid, k, uniform)
+    if uniform:
+        return gc
+    cnt = np.empty(x.shape, dtype=np.int32)
+    _count_knots(x.numpy(), gc[3], cnt)
+    return gc[:3] + (cnt,)
+
+
+_EMPTY = {}
+
+
+def _empty(dtype):
+    if dtype not in _EMPTY:
+        _EMPTY[dtype] = np.zeros((1, 1), dtype=np.float32 if dtype == torch.float32 else np.float64)
+    return _EMPTY[dtype]
+
+
+# Slots per feature (P = G + k + 1) from which the sparse loops beat building the expanded features and
+# multiplying them with BLAS. Per sample and feature the loops do 3 (k + 2) row updates of ``out`` values,
+# BLAS does 3 P at several times the speed per multiply-add. Measured on a 2-vCPU AVX-512 machine
+# (benchmarks/bench_layer.py, k = 3): the dense route is faster at G = 5 (P = 9), the loops at G = 20
+# (P = 24) and beyond.
+SPARSE_MIN_SLOTS = 16
+
+
+def _forward(x: torch.Tensor, w: torch.Tensor, grid: torch.Tensor, k: int, base, uniform: bool) -> torch.Tensor:
+    """``y [N, out]`` for ``x [N, in]`` (contiguous, detached) and ``w [in, n + 1, out]`` (contiguous)."""
+    from .kernels import base_with_derivative
+
+    N, n_in = x.shape
+    n1, n_out = w.shape[1], w.shape[2]
+    kern = _kernels(k, x.dtype, not uniform)
+    gc = _call_constants(x, grid, k, uniform)
+    b, _ = base_with_derivative(base, x)
+    bx = _empty(x.dtype) if b is None else b.contiguous().numpy()
+    xn, n, has_base = x.numpy(), n1 - 1, b is not None
+    if n1 < SPARSE_MIN_SLOTS:
+        phi = torch.empty(N, n_in * n1, dtype=x.dtype)
+        pn = phi.numpy()
+        _run_split(kern["build_phi"], N, N * n_in * n1, lambda lo, hi: (xn, bx, has_base, gc, n, pn, lo, hi))
+        return phi @ w.view(n_in * n1, n_out)
+    y = torch.empty(N, n_out, dtype=x.dtype)
+    wn, yn = w.numpy(), y.numpy()
+    _run_split(kern["forward"], N, N * n_in * n_out, lambda lo, hi: (xn, bx, has_base, wn, gc, n, yn, lo, hi))
+    return y
+
+
+def _backward(x, w, grid, k, base, uniform: bool, g, need_x: bool, need_w: bool):
+    """``(dL/dx or None, dL/dw or None)`` for the upstream gradient ``g [N, out]``."""
+    from .kernels import base_with_derivative
+
+    N, n_in = x.shape
+    n1, n_out = w.shape[1], w.shape[2]
+    n = n1 - 1
+    kern = _kernels(k, x.dtype, not uniform)
+    gc = _call_constants(x, grid, k, uniform)
+    b, db = base_with_derivative(base, x)
+    has_base = b is not None
+    empty = _empty(x.dtype)
+    bx = b.contiguous().numpy() if has_base and need_w else empty
+    dbx = db().contiguous().numpy() if has_base and need_x else empty
+    g = g.contiguous()
+    xn, gn = x.numpy(), g.numpy()
+    gx = torch.empty_like(x) if need_x else None
+    gw = None
+    if n1 < SPARSE_MIN_SLOTS:
+        # g @ W^T first, so one pass over x can write Phi and gather the input gradient
+        gphi = g @ w.view(n_in * n1, n_out).T if need_x else None  # [N, in * P]
+        phi = torch.empty(N, n_in * n1, dtype=x.dtype) if need_w else None
+        pn = empty if phi is None else phi.numpy()
+        gpn = empty if gphi is None else gphi.numpy()
+        gxn = empty if gx is None else gx.numpy()
+        _run_split(kern["build_phi_gather"], N, N * n_in * n1,
+                   lambda lo, hi: (xn, bx, dbx, has_base, gc, n, pn, gpn, gxn, need_w, need_x, lo, hi))
+        del gphi, gpn
+        if need_w:
+            gw = (phi.T @ g).view(n_in, n1, n_out)
+        return gx, gw
+    gw = torch.empty_like(w) if need_w else None
+    gxn = empty if gx is None else gx.numpy()
+    gwn = np.zeros((1, 1, 1), dtype=empty.dtype) if gw is None else gw.numpy()
+    wn = w.numpy()
+    _run_split(kern["backward"], n_in, N * n_in * n_out,
+               lambda lo, hi: (xn, bx, dbx, has_base, wn, gn, gc, n, need_x, need_w, gxn, gwn, lo, hi))
+    return gx, gw
+
+
+class NativeKANFunction(torch.autograd.Function):
+    """``kernels.kan_linear`` on the CPU: ``y = Phi(x) @ W`` for a combined weight ``W [in, n + 1, out]``.
+
+    Saves only ``x`` and the weight for backward. Few slots per feature (``P < SPARSE_MIN_SLOTS``): the
+    loops write ``Phi`` (``k + 2`` non-zeros per feature) and BLAS multiplies, in forward (``Phi @ W``) and
+    backward (``Phi^T @ g``, and ``g @ W^T`` from which a loop gathers the input gradient at the used
+    slots); ``Phi`` is freed at once and rebuilt in backward. Many slots: the sparse loops, which never
+    form ``Phi``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, grid, k, base, uniform):
+        x, w = x.detach().contiguous(), weight.detach().contiguous()
+        ctx.save_for_backward(x, w, grid)
+        ctx.k, ctx.base, ctx.uniform = k, base, uniform
+        return _forward(x, w, grid, k, base, uniform)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, w, grid = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_x or need_w):
+            return None, None, None, None, None, None
+        gx, gw = _backward(x, w, grid, ctx.k, ctx.base, ctx.uniform, g, need_x, need_w)
+        return gx, gw, None, None, None, None
+
+
+class NativeKANLayerFunction(torch.autograd.Function):
+    """``KANLayer.forward`` on the CPU, from the layer's own parameters: the weights are combined as in
+    ``KANLayer.combined_weight`` (``W[i, 0] = mask * w_b``, ``W[i, 1 + m] = mask * w_s * c[i, :, m]``)
+    by one compiled loop instead of five torch ops, and their gradients split back the same way (tests
+    hold both paths equal)."""
+
+    @staticmethod
+    def forward(ctx, x, coef, scale_base, scale_spline, mask, grid, k, base, uniform):
+        x = x.detach().contiguous()
+        c, sb, ss, mk = (t.detach().contiguous() for t in (coef, scale_base, scale_spline, mask))
+        n_in, n_out, n = c.shape
+        w = torch.empty(n_in, n + 1, n_out, dtype=c.dtype)
+        _combine(c.numpy(), sb.numpy(), ss.numpy(), mk.numpy(), w.numpy())
+        ctx.save_for_backward(x, w, grid, c, ss, mk)
+        ctx.k, ctx.base, ctx.uniform = k, base, uniform
+        return _forward(x, w, grid, k, base, uniform)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, w, grid, c, ss, mk = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        need_c, need_sb, need_ss = ctx.needs_input_grad[1:4]
+        need_w = need_c or need_sb or need_ss
+        if not (need_x or need_w):
+            return (None,) * 9
+        gx, gw = _backward(x, w, grid, ctx.k, ctx.base, ctx.uniform, g, need_x, need_w)
+        gc = gsb = gss = None
+        if need_w:
+            gc, gsb, gss = torch.empty_like(c), torch.empty_like(mk), torch.empty_like(mk)
+            _split_grad(gw.contiguous().numpy(), c.numpy(), ss.numpy(), mk.numpy(), gc.numpy(), gsb.numpy(),
+                        gss.numpy())
+        return (gx, gc if need_c else None, gsb if need_sb else None, gss if need_ss else None,
+                None, None, None, None, None)
+
+
+def kan_layer(x, coef, scale_base, scale_spline, mask, grid, k: int, base, uniform: bool) -> torch.Tensor:
+    """``KANLayer.forward`` for ``x [N, in]`` on the CPU (check ``supports`` first)."""
+    return NativeKANLayerFunction.apply(x, coef, scale_base, scale_spline, mask, grid, k, base, uniform)
+
+
+def _combine_py(c, sb, ss, mk, w):
+    # w[i, 0, o] = mask * w_b; w[i, 1 + m, o] = mask * w_s * c[i, o, m]
+    n_in, n_out, n = c.shape
+    for i in range(n_in):
+        for o in range(n_out):
+            w[i, 0, o] = mk[i, o] * sb[i, o]
+        for o in range(n_out):
+            a = mk[i, o] * ss[i, o]
+            for m in range(n):
+                w[i, 1 + m, o] = a * c[i, o, m]
+
+
+def _split_grad_py(gw, c, ss, mk, gc, gsb, gss):
+    # the chain rule through _combine_py
+    n_in, n_out, n = c.shape
+    for i in range(n_in):
+        for o in range(n_out):
+            gsb[i, o] = mk[i, o] * gw[i, 0, o]
+            a = mk[i, o] * ss[i, o]
+            acc = 0.0
+            for m in range(n):
+                gm = gw[i, 1 + m, o]
+                gc[i, o, m] = a * gm
+                acc += c[i, o, m] * gm
+            gss[i, o] = mk[i, o] * acc
+
+
+def _count_knots_py(x, knots_t, cnt):
+    # cnt[b, f] = #{t : knots[f, t] <= x[b, f]} (searchsorted(right=True)); the loop over features
+    # is innermost, so it vectorises (a binary search per x is branchy and was 5x slower)
+    for b in range(x.shape[0]):
+        for f in range(x.shape[1]):
+            cnt[b, f] = 0
+        for t in range(knots_t.shape[0]):
+            for f in range(x.shape[1]):
+                cnt[b, f] += np.int32(knots_t[t, f] <= x[b, f])
+
+
+def _jit(fastmath: bool):
+    """numba.njit with our options: release the GIL (threads), NumPy's error model (no ZeroDivisionError
+    checks in the loops), no on-disk cache (nothing is written)."""
+    import numba
+
+    return numba.njit(nogil=True, fastmath=fastmath, cache=False, error_model="numpy")
+
+
+class _Lazy:
+    """A loop compiled on its first call."""
+
+    def __init__(self, fn, fastmath=True):
+        self.fn, self.fastmath, self.compiled = fn, fastmath, None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            with _LOCK:
+                if self.compiled is None:
+                    self.compiled = _jit(self.fastmath)(self.fn)
+        return self.compiled(*args)
+
+
+_count_knots = _Lazy(_count_knots_py, fastmath=False)
+_combine = _Lazy(_combine_py)
+_split_grad = _Lazy(_split_grad_py)

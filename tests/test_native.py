@@ -1,0 +1,174 @@
+"""kanedu.native: the compiled CPU loops equal the torch kernel and the reference on every path."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kanedu import KANLayer, native
+from kanedu.kernels import KANFunction, kan_linear
+from kanedu.splines import adaptive_grid, uniform_grid
+
+pytestmark = pytest.mark.skipif(not native.ENABLED, reason="numba is not installed (or KANEDU_NATIVE=0)")
+
+BASES = ["silu", "identity", "tanh", "relu", None]
+
+
+def _case(seed, n_in, n_out, G, N, k, adaptive, spread, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    x = ((torch.rand(N, n_in, dtype=torch.float64, generator=gen) * 2 - 1) * spread).to(dtype)
+    if adaptive:
+        grid = adaptive_grid(torch.randn(600, n_in, dtype=torch.float64, generator=gen) * 0.6, G, k, 0.05)
+    else:
+        grid = uniform_grid(G, k, dtype=torch.float64).expand(n_in, -1).contiguous()
+    W = torch.randn(n_in, G + k + 1, n_out, dtype=torch.float64, generator=gen).to(dtype)
+    g = torch.randn(N, n_out, dtype=torch.float64, generator=gen).to(dtype)
+    return x, grid.to(dtype), W, g
+
+
+def _both(x, grid, W, g, k, base, uniform, need_x=True, need_w=True):
+    """(y, gx, gW) from the native loops and from the torch kernel."""
+    out = []
+    for fn in (lambda a, b: native.NativeKANFunction.apply(a, b, grid, k, base, uniform),
+               lambda a, b: KANFunction.apply(a, b, grid, k, base, uniform)):
+        xa, Wa = x.clone().requires_grad_(need_x), W.clone().requires_grad_(need_w)
+        y = fn(xa, Wa)
+        y.backward(g)
+        out.append((y.detach(), xa.grad, Wa.grad))
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("G", [5, 40])  # P below / above SPARSE_MIN_SLOTS: BLAS on Phi / sparse loops
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("spread", [0.9, 3.0])  # inside the grid / partly beyond the extended knots
+def test_native_equals_torch_kernel(k, G, adaptive, spread):
+    assert (G + k + 1 < native.SPARSE_MIN_SLOTS) == (G == 5)
+    x, grid, W, g = _case(k * 100 + G, 5, 4, G, 203, k, adaptive, spread)
+    (ya, gxa, gwa), (yb, gxb, gwb) = _both(x, grid, W, g, k, "silu", not adaptive)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=1e-11)
+    torch.testing.assert_close(gxa, gxb, rtol=0, atol=1e-10)
+    torch.testing.assert_close(gwa, gwb, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("G", [5, 40])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_gradcheck_native(base, G, adaptive):
+    x, grid, W, _ = _case(7, 3, 2, G, 11, 3, adaptive, 1.6)
+    x.requires_grad_()
+    W.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, W: native.NativeKANFunction.apply(x, W, grid, 3, base, not adaptive),
+                                    (x, W))
+
+
+@pytest.mark.parametrize("need", [(True, False), (False, True)])
+@pytest.mark.parametrize("G", [5, 40])
+def test_only_the_gradients_asked_for(need, G):
+    x, grid, W, g = _case(3, 4, 3, G, 64, 3, False, 1.2)
+    (ya, gxa, gwa), (yb, gxb, gwb) = _both(x, grid, W, g, 3, "silu", True, *need)
+    assert (gxa is None) == (not need[0]) and (gwa is None) == (not need[1])
+    for a, b in ((gxa, gxb), (gwa, gwb)):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("G", [5, 40])
+def test_float32_matches_float64(G):
+    x, grid, W, g = _case(5, 6, 5, G, 300, 3, False, 1.1)
+    (y64, gx64, gw64), _ = _both(x, grid, W, g, 3, "silu", True)
+    (y32, gx32, gw32), _ = _both(x.float(), grid.float(), W.float(), g.float(), 3, "silu", True)
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx32.double(), gx64, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(gw32.double(), gw64, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("G", [5, 40])
+def test_split_over_threads_gives_the_same_bits(G, monkeypatch):
+    x, grid, W, g = _case(9, 8, 6, G, 500, 3, False, 1.3, dtype=torch.float32)
+    serial = _both(x, grid, W, g, 3, "silu", True)[0]
+    monkeypatch.setattr(native, "PARALLEL_MIN_WORK", 1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        split = _both(x, grid, W, g, 3, "silu", True)[0]
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(serial, split):
+        assert torch.equal(a, b)
+
+
+def test_layer_fuses_the_weight_combination_exactly():
+    # KANLayer.forward combines mask, scales and coefficients inside the native function; its gradients
+    # must equal those through combined_weight + kan_linear, with frozen scales and masked edges too
+    for learn_scales in (True, False):
+        layer = KANLayer(4, 3, grid_size=6, learn_scales=learn_scales).double()
+        with torch.no_grad():
+            layer.coef.normal_()
+            layer.scale_base.uniform_(-1, 1)
+            layer.scale_spline.uniform_(0.5, 2)
+            layer.mask[1, 2] = 0.0
+        x = (torch.rand(40, 4, dtype=torch.float64) * 2.4 - 1.2).requires_grad_()
+        g = torch.randn(40, 3, dtype=torch.float64)
+        params = [p for p in (layer.coef, layer.scale_base, layer.scale_spline) if p.requires_grad]
+        y = layer(x)
+        grads = torch.autograd.grad(y, [x, *params], g)
+        y2 = KANFunction.apply(x, layer.combined_weight(), layer.grid, 3, "silu", layer._uniform)
+        grads2 = torch.autograd.grad(y2, [x, *params], g)
+        torch.testing.assert_close(y, y2, rtol=0, atol=1e-12)
+        for a, b in zip(grads, grads2):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+        assert len(params) == (3 if learn_scales else 1)
+
+
+def test_nan_and_huge_inputs_do_not_crash_or_leak():
+    layer = KANLayer(3, 2, grid_size=5)
+    x = torch.tensor([[float("nan"), 0.1, 1e30], [0.2, -1e30, float("inf")], [0.3, 0.4, 0.5]])
+    y = layer(x)
+    assert torch.isnan(y[0]).all()  # NaN in, NaN out (through the base activation)
+    assert torch.isfinite(y[2]).all()
+    torch.testing.assert_close(y[2], layer.forward_reference(x[2:]).squeeze(0))
+
+
+def test_counting_knots_equals_searchsorted():
+    gen = torch.Generator().manual_seed(1)
+    grid = adaptive_grid(torch.randn(300, 4, generator=gen) * 0.6, 9, 3, 0.05)
+    x = torch.randn(200, 4, generator=gen) * 1.5
+    x[0] = grid[:, 5]  # exactly on knots
+    gc = native._call_constants(x, grid, 3, uniform=False)
+    expect = torch.searchsorted(grid, x.T.contiguous(), right=True).T
+    assert torch.equal(torch.from_numpy(gc[3]).long(), expect)
+
+
+def test_grid_constants_follow_in_place_grid_changes():
+    layer = KANLayer(2, 2, grid_size=5).double()
+    x = torch.rand(50, 2, dtype=torch.float64) * 1.6 - 0.8
+    layer(x)  # caches the constants of the uniform grid on layer.grid
+    layer.update_grid(torch.randn(200, 2, dtype=torch.float64) * 0.3)  # changes the grid in place
+    torch.testing.assert_close(layer(x), layer.forward_reference(x), rtol=0, atol=1e-11)
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    layer = KANLayer(2, 1).double()
+    x = torch.rand(5, 2, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
+
+
+def test_environment_variable_turns_it_off():
+    code = "import kanedu.native as n; print(n.ENABLED)"
+    env = dict(os.environ, KANEDU_NATIVE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_kan_linear_uses_it_on_cpu_only_when_enabled(monkeypatch):
+    x, grid, W, _ = _case(2, 3, 2, 5, 10, 3, False, 1.0)
+    y = kan_linear(x, W.requires_grad_(), grid, 3, "silu", True)
+    assert type(y.grad_fn).__name__.startswith("NativeKANFunction")
+    monkeypatch.setattr(native, "ENABLED", False)
+    y = kan_linear(x, W, grid, 3, "silu", True)
+    assert type(y.grad_fn).__name__.startswith("KANFunction")
