@@ -1,4 +1,7 @@
-"""The fast KAN layer kernel: one matmul, bases recomputed in backward.
+"""The torch KAN layer kernel: one matmul, bases recomputed in backward.
+
+On the CPU ``kan_linear`` (and ``KANLayer.forward``) run the compiled loops of ``kanedu.native`` instead,
+when numba is installed; this kernel is what runs on a GPU (and everywhere with ``KANEDU_NATIVE=0``).
 
 A KAN layer computes ``y_o = sum_i [ w_b[i,o] b(x_i) + sum_m c[i,m,o] B_m(x_i) ]``. Stack, per input
 feature ``i``, the slot vector ``phi(x_i) = [b(x_i), B_0(x_i), ..., B_{n-1}(x_i)]`` (``S = n + 1`` slots,

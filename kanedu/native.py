@@ -1,24 +1,29 @@
-"""Compiled CPU kernels for the KAN layer on uniform grids (numba), used by ``kernels.kan_linear``.
+"""Compiled CPU loops for the KAN layer (numba), used by ``KANLayer.forward`` and ``kernels.kan_linear``.
 
-Only ``k + 1`` of a feature's ``G + k`` bases are non-zero at any x, so a KAN layer does
-``(k + 2) * in * out`` multiply-adds per sample (the ``k + 1`` bases and the base activation), where the
-dense product on the expanded features does ``(G + k + 1) * in * out``. The torch kernel in
-``kanedu.kernels`` cannot exploit that in backward (it rebuilds the expanded features and multiplies);
-these loops can. For every sample ``b`` and feature ``f`` they find the interval ``i`` of ``x[b, f]`` on
-the uniform knots, evaluate the ``k + 1`` local polynomials there, and then
+Only ``k + 1`` of a feature's ``G + k`` bases are non-zero at any x. For every sample ``b`` and feature
+``f`` the loops find the interval of ``x[b, f]`` (a ``floor`` on uniform knots; on any knots a count of the
+knots below it and the interval's polynomials from ``kernels.interval_table``), evaluate the ``k + 1``
+local polynomials there, and then take one of two routes, whichever was faster on the CPU:
 
-* forward: ``y[b] += b(x) W[f, 0] + sum_j B_j W[f, 1 + i - k + j]``  (rows of ``out`` values);
-* backward: ``dW[f, slot] += B_j g[b]`` for the same rows, and
-  ``dx[b, f] = <g[b], b'(x) W[f, 0] + sum_j B'_j W[f, slot_j]>``.
+* few slots per feature (``P = G + k + 1 < SPARSE_MIN_SLOTS``): write the ``k + 2`` non-zeros of the
+  expanded features ``Phi [N, in * P]`` and let BLAS multiply: ``y = Phi @ W``; in backward
+  ``dW = Phi^T @ g`` and ``g @ W^T``, from which the loop gathers ``dx`` at the used slots. BLAS does a
+  multiply-add several times faster than any loop here, so at small G that wins although it multiplies
+  zeros. ``Phi`` is freed at once and written again in backward: only ``x`` is saved.
+* many slots: never form ``Phi``. Forward adds ``b(x) W[f, 0] + sum_j B_j W[f, slot_j]`` to ``y[b]``;
+  backward adds ``B_j g[b]`` to the same rows of ``dW`` and sets
+  ``dx[b, f] = <g[b], b'(x) W[f, 0] + sum_j B'_j W[f, slot_j]>``, one feature at a time (its rows of
+  ``dW`` stay in the L1 cache). The work is ``(k + 2) in out`` per sample whatever G is.
 
-Forward splits the batch over threads, backward splits the features (each thread owns its features'
-weight-gradient rows, so nothing is shared). The loops are generated for each spline order, so the
-``k + 1`` terms are unrolled into one pass over each output row, and compiled on first use (about a
-second per order and dtype, once per process; nothing is written to disk). The base activation and its
-derivative are computed by torch, vectorised, and passed in.
+The source is generated for each spline order (the ``k + 1`` terms written out, so each inner loop is
+one vectorised pass over ``out``) and compiled on first use: about a second per kernel, once per
+process; nothing is written to disk. The base activation and its derivative come from torch
+(vectorised). Work above ``PARALLEL_MIN_WORK`` is split over ``torch.get_num_threads()`` threads (rows in
+forward, features in backward, so no two threads write the same memory and the bits do not depend on
+the split). Gradients are first-order only (``create_graph=True`` raises at the second backward).
 
 Set the environment variable ``KANEDU_NATIVE=0`` before importing kanedu to use the torch kernel
-everywhere (the results agree to rounding; tests hold both to the Cox-de Boor reference).
+everywhere (it is what runs on a GPU; tests hold both to the Cox-de Boor reference).
 """
 
 from __future__ import annotations
