@@ -5,8 +5,8 @@ Only ``k + 1`` of a feature's ``G + k`` bases are non-zero at any x. For every s
 knots below it and the interval's polynomials from ``kernels.interval_table``), evaluate the ``k + 1``
 local polynomials there, and then take one of two routes, whichever was faster on the CPU:
 
-* few slots per feature (``P = G + k + 1 < SPARSE_MIN_SLOTS``): write the ``k + 2`` non-zeros of the
-  expanded features ``Phi [N, in * P]`` and let BLAS multiply: ``y = Phi @ W``; in backward
+* few slots per feature and many (sample, feature) pairs (``_dense_route``): write the ``k + 2``
+  non-zeros of the expanded features ``Phi [N, in * P]`` and let BLAS multiply: ``y = Phi @ W``; in backward
   ``dW = Phi^T @ g`` and ``g @ W^T``, from which the loop gathers ``dx`` at the used slots. BLAS does a
   multiply-add several times faster than any loop here, so at small G that wins although it multiplies
   zeros. ``Phi`` is freed at once and written again in backward: only ``x`` is saved.
@@ -368,12 +368,18 @@ def _empty(dtype):
     return _EMPTY[dtype]
 
 
-# Slots per feature (P = G + k + 1) from which the sparse loops beat building the expanded features and
-# multiplying them with BLAS. Per sample and feature the loops do 3 (k + 2) row updates of ``out`` values,
-# BLAS does 3 P at several times the speed per multiply-add. Measured on a 2-vCPU AVX-512 machine
-# (benchmarks/bench_layer.py, k = 3): the dense route is faster at G = 5 (P = 9), the loops at G = 20
-# (P = 24) and beyond.
+# When the loops write Phi and BLAS multiplies (the dense route) rather than the sparse loops doing it all.
+# Per sample and feature the sparse loops do 3 (k + 2) row updates of ``out`` values, BLAS does 3 P at
+# several times the speed per multiply-add, plus a fixed cost per call. Measured on a 2-vCPU AVX-512
+# machine (k = 3, fwd + bwd): the dense route is faster for P < 16 (G = 5, 8: 64 -> 64 and 64 -> 8 at batch
+# 1024), about even at G = 12, slower from G = 20; and slower when there are few (sample, feature) pairs
+# (2 -> 5 at batch 1024: 0.75 ms dense vs 0.42 sparse; 64 -> 64 at batch 64: 0.96 vs 0.73).
 SPARSE_MIN_SLOTS = 16
+DENSE_MIN_PAIRS = 8192
+
+
+def _dense_route(N: int, n_in: int, n1: int) -> bool:
+    return n1 < SPARSE_MIN_SLOTS and N * n_in >= DENSE_MIN_PAIRS
 
 
 def _forward(x: torch.Tensor, w: torch.Tensor, grid: torch.Tensor, k: int, base, uniform: bool) -> torch.Tensor:
@@ -387,7 +393,7 @@ def _forward(x: torch.Tensor, w: torch.Tensor, grid: torch.Tensor, k: int, base,
     b, _ = base_with_derivative(base, x)
     bx = _empty(x.dtype) if b is None else b.contiguous().numpy()
     xn, n, has_base = x.numpy(), n1 - 1, b is not None
-    if n1 < SPARSE_MIN_SLOTS:
+    if _dense_route(N, n_in, n1):
         phi = torch.empty(N, n_in * n1, dtype=x.dtype)
         pn = phi.numpy()
         _run_split(kern["build_phi"], N, N * n_in * n1, lambda lo, hi: (xn, bx, has_base, gc, n, pn, lo, hi))
@@ -416,7 +422,7 @@ def _backward(x, w, grid, k, base, uniform: bool, g, need_x: bool, need_w: bool)
     xn, gn = x.numpy(), g.numpy()
     gx = torch.empty_like(x) if need_x else None
     gw = None
-    if n1 < SPARSE_MIN_SLOTS:
+    if _dense_route(N, n_in, n1):
         # g @ W^T first, so one pass over x can write Phi and gather the input gradient
         gphi = g @ w.view(n_in * n1, n_out).T if need_x else None  # [N, in * P]
         phi = torch.empty(N, n_in * n1, dtype=x.dtype) if need_w else None
@@ -441,7 +447,7 @@ def _backward(x, w, grid, k, base, uniform: bool, g, need_x: bool, need_w: bool)
 class NativeKANFunction(torch.autograd.Function):
     """``kernels.kan_linear`` on the CPU: ``y = Phi(x) @ W`` for a combined weight ``W [in, n + 1, out]``.
 
-    Saves only ``x`` and the weight for backward. Few slots per feature (``P < SPARSE_MIN_SLOTS``): the
+    Saves only ``x`` and the weight for backward. Few slots per feature (``_dense_route``): the
     loops write ``Phi`` (``k + 2`` non-zeros per feature) and BLAS multiplies, in forward (``Phi @ W``) and
     backward (``Phi^T @ g``, and ``g @ W^T`` from which a loop gathers the input gradient at the used
     slots); ``Phi`` is freed at once and rebuilt in backward. Many slots: the sparse loops, which never

@@ -16,6 +16,17 @@ pytestmark = pytest.mark.skipif(not native.ENABLED, reason="numba is not install
 BASES = ["silu", "identity", "tanh", "relu", None]
 
 
+@pytest.fixture(params=["dense", "sparse"])
+def route(request, monkeypatch):
+    """Force one of the two routes (BLAS on Phi / sparse loops) whatever the sizes."""
+    if request.param == "dense":
+        monkeypatch.setattr(native, "SPARSE_MIN_SLOTS", 10**6)
+        monkeypatch.setattr(native, "DENSE_MIN_PAIRS", 0)
+    else:
+        monkeypatch.setattr(native, "SPARSE_MIN_SLOTS", 0)
+    return request.param
+
+
 def _case(seed, n_in, n_out, G, N, k, adaptive, spread, dtype=torch.float64):
     gen = torch.Generator().manual_seed(seed)
     x = ((torch.rand(N, n_in, dtype=torch.float64, generator=gen) * 2 - 1) * spread).to(dtype)
@@ -41,11 +52,10 @@ def _both(x, grid, W, g, k, base, uniform, need_x=True, need_w=True):
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
-@pytest.mark.parametrize("G", [5, 40])  # P below / above SPARSE_MIN_SLOTS: BLAS on Phi / sparse loops
+@pytest.mark.parametrize("G", [5, 40])
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("spread", [0.9, 3.0])  # inside the grid / partly beyond the extended knots
-def test_native_equals_torch_kernel(k, G, adaptive, spread):
-    assert (G + k + 1 < native.SPARSE_MIN_SLOTS) == (G == 5)
+def test_native_equals_torch_kernel(k, G, adaptive, spread, route):
     x, grid, W, g = _case(k * 100 + G, 5, 4, G, 203, k, adaptive, spread)
     (ya, gxa, gwa), (yb, gxb, gwb) = _both(x, grid, W, g, k, "silu", not adaptive)
     torch.testing.assert_close(ya, yb, rtol=0, atol=1e-11)
@@ -56,7 +66,7 @@ def test_native_equals_torch_kernel(k, G, adaptive, spread):
 @pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize("G", [5, 40])
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_gradcheck_native(base, G, adaptive):
+def test_gradcheck_native(base, G, adaptive, route):
     x, grid, W, _ = _case(7, 3, 2, G, 11, 3, adaptive, 1.6)
     x.requires_grad_()
     W.requires_grad_()
@@ -66,7 +76,7 @@ def test_gradcheck_native(base, G, adaptive):
 
 @pytest.mark.parametrize("need", [(True, False), (False, True)])
 @pytest.mark.parametrize("G", [5, 40])
-def test_only_the_gradients_asked_for(need, G):
+def test_only_the_gradients_asked_for(need, G, route):
     x, grid, W, g = _case(3, 4, 3, G, 64, 3, False, 1.2)
     (ya, gxa, gwa), (yb, gxb, gwb) = _both(x, grid, W, g, 3, "silu", True, *need)
     assert (gxa is None) == (not need[0]) and (gwa is None) == (not need[1])
@@ -76,7 +86,7 @@ def test_only_the_gradients_asked_for(need, G):
 
 
 @pytest.mark.parametrize("G", [5, 40])
-def test_float32_matches_float64(G):
+def test_float32_matches_float64(G, route):
     x, grid, W, g = _case(5, 6, 5, G, 300, 3, False, 1.1)
     (y64, gx64, gw64), _ = _both(x, grid, W, g, 3, "silu", True)
     (y32, gx32, gw32), _ = _both(x.float(), grid.float(), W.float(), g.float(), 3, "silu", True)
@@ -86,7 +96,7 @@ def test_float32_matches_float64(G):
 
 
 @pytest.mark.parametrize("G", [5, 40])
-def test_split_over_threads_gives_the_same_bits(G, monkeypatch):
+def test_split_over_threads_gives_the_same_bits(G, route, monkeypatch):
     x, grid, W, g = _case(9, 8, 6, G, 500, 3, False, 1.3, dtype=torch.float32)
     serial = _both(x, grid, W, g, 3, "silu", True)[0]
     monkeypatch.setattr(native, "PARALLEL_MIN_WORK", 1)
@@ -100,7 +110,7 @@ def test_split_over_threads_gives_the_same_bits(G, monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_layer_fuses_the_weight_combination_exactly():
+def test_layer_fuses_the_weight_combination_exactly(route):
     # KANLayer.forward combines mask, scales and coefficients inside the native function; its gradients
     # must equal those through combined_weight + kan_linear, with frozen scales and masked edges too
     for learn_scales in (True, False):
@@ -123,7 +133,7 @@ def test_layer_fuses_the_weight_combination_exactly():
         assert len(params) == (3 if learn_scales else 1)
 
 
-def test_nan_and_huge_inputs_do_not_crash_or_leak():
+def test_nan_and_huge_inputs_do_not_crash_or_leak(route):
     layer = KANLayer(3, 2, grid_size=5)
     x = torch.tensor([[float("nan"), 0.1, 1e30], [0.2, -1e30, float("inf")], [0.3, 0.4, 0.5]])
     y = layer(x)
@@ -163,6 +173,12 @@ def test_environment_variable_turns_it_off():
     env = dict(os.environ, KANEDU_NATIVE="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_default_route_follows_the_sizes():
+    assert native._dense_route(1024, 64, 9)  # the benchmark's G = 5 layer
+    assert not native._dense_route(512, 32, 54)  # G = 50: many slots
+    assert not native._dense_route(1000, 2, 9)  # a lesson-sized layer: few (sample, feature) pairs
 
 
 def test_kan_linear_uses_it_on_cpu_only_when_enabled(monkeypatch):
