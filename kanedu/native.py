@@ -53,9 +53,14 @@ _POOL: ThreadPoolExecutor | None = None
 
 def supports(x: torch.Tensor, weight: torch.Tensor, k: int) -> bool:
     """Whether these kernels can run the layer: numba present and enabled, ``k >= 1``, float32 or float64
-    on the CPU."""
+    on the CPU, and not inside ``torch.compile`` (which traces the torch kernel instead)."""
     return (ENABLED and k >= 1 and x.device.type == "cpu" and weight.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype)
+            and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype and not _compiling())
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 def _horner(k: int, j: int) -> str:

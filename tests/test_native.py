@@ -188,3 +188,17 @@ def test_kan_linear_uses_it_on_cpu_only_when_enabled(monkeypatch):
     monkeypatch.setattr(native, "ENABLED", False)
     y = kan_linear(x, W, grid, 3, "silu", True)
     assert type(y.grad_fn).__name__.startswith("KANFunction")
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")  # pure helpers
+def test_torch_compile_traces_the_torch_kernel_instead():
+    # Dynamo cannot trace numba; inside torch.compile the layer takes the torch kernel ("eager" backend:
+    # real graph capture without inductor's C++ build)
+    from kanedu import KAN
+
+    model = KAN([2, 3, 1], seed=0)
+    x = torch.rand(64, 2, requires_grad=True)
+    y = torch.compile(model, backend="eager")(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(x.grad).all()
