@@ -52,10 +52,16 @@ _POOL: ThreadPoolExecutor | None = None
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor, k: int) -> bool:
-    """Whether these kernels can run the layer: numba present and enabled, ``k >= 1``, float32 or float64
-    on the CPU, and not inside ``torch.compile`` (which traces the torch kernel instead)."""
-    return (ENABLED and k >= 1 and x.device.type == "cpu" and weight.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype and not _compiling())
+    """Whether these kernels run the layer: numba present and enabled, ``k >= 1``, float32 or float64 on
+    the CPU, gradients enabled, and not inside ``torch.compile`` (which traces the torch kernel instead).
+
+    Without gradients (``torch.no_grad``: evaluation, grid updates, plots) the torch kernel runs. Compiling
+    the loops takes 1-3 s once per process, which training repays many times over (about 2x per step at
+    64 -> 64) but a few forward passes do not: ``fit``'s fused LBFGS engine, for one, only ever evaluates
+    the model without gradients."""
+    return (ENABLED and k >= 1 and torch.is_grad_enabled() and x.device.type == "cpu"
+            and weight.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and weight.dtype == x.dtype and not _compiling())
 
 
 def _compiling() -> bool:

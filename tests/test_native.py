@@ -191,6 +191,7 @@ def test_kan_linear_uses_it_on_cpu_only_when_enabled(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")  # pure helpers
+@pytest.mark.filterwarnings("ignore:To copy construct from a tensor")  # Dynamo's tracing of torch.tensor
 def test_torch_compile_traces_the_torch_kernel_instead():
     # Dynamo cannot trace numba; inside torch.compile the layer takes the torch kernel ("eager" backend:
     # real graph capture without inductor's C++ build)
@@ -202,3 +203,20 @@ def test_torch_compile_traces_the_torch_kernel_instead():
     y.sum().backward()
     torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-6)
     assert torch.isfinite(x.grad).all()
+
+
+def test_no_grad_forward_runs_the_torch_kernel(monkeypatch):
+    # evaluation and grid updates do not pay the one-off compile: without gradients the torch kernel runs
+    layer = KANLayer(3, 2, grid_size=5)
+    x = torch.rand(20, 3)
+    with_grad = layer(x)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the native kernels ran without gradients")
+
+    monkeypatch.setattr(native, "_forward", fail)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), with_grad.detach(), rtol=1e-5, atol=1e-6)
+        layer.update_grid(torch.randn(100, 3))
+    with pytest.raises(AssertionError, match="native kernels ran"):
+        layer(x)
