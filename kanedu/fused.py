@@ -56,6 +56,8 @@ def unsupported_reason(model, x: torch.Tensor) -> str | None:
         return f"dtype {x.dtype} (float32 and float64 only)"
     if x.dim() != 2:
         return f"train_input has shape {tuple(x.shape)}, not [N, in]"
+    if any(model.n_mult):
+        return "the model has multiplication nodes"
     for i, layer in enumerate(model.layers):
         if layer.symbolic is not None:
             return f"layer {i} has symbolic edges"

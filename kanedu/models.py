@@ -7,7 +7,8 @@ the operations of the KAN paper (Liu et al. 2024, arXiv 2404.19756):
 * ``refine(G, x)``: grid extension, returning a new model with ``G`` intervals per spline;
 * ``regularization_loss(x)``: the paper's sparsity penalty (L1 of edge scales + entropy);
 * ``attribution(x)`` and ``prune(x)``: score nodes/edges by how much of the output flows through
-  them and return a smaller KAN.
+  them and return a smaller KAN;
+* multiplication nodes (KAN 2.0): ``KAN([2, [0, 1], 1])`` has a hidden node that multiplies two sums.
 
 All of them keep the learned function (grid operations to within a least-squares refit; pruning
 exactly, up to the paths it removes).
@@ -38,24 +39,58 @@ def _check_widths(widths) -> list[int]:
     return out
 
 
+def _check_kan_widths(widths) -> tuple[list[int], list[int]]:
+    """``(n_sum, n_mult)`` per level from ``[2, 5, 1]`` or KAN 2.0's ``[2, [3, 2], 1]`` (3 sum + 2 mult nodes)."""
+    example = "e.g. [2, 5, 1], or [2, [3, 2], 1] for 3 sum and 2 multiplication nodes"
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) < 2:
+        raise ValueError(f"widths must be a list of at least 2 entries, {example}; got {widths!r}")
+    n_sum, n_mult = [], []
+    for i, w in enumerate(widths):
+        if isinstance(w, Sequence) and not isinstance(w, (str, bytes)) and len(w) == 2:
+            a, m = w
+        else:
+            a, m = w, 0
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (a, m)) and a + m >= 1
+        if not ok:
+            raise ValueError(f"widths[{i}] must be a positive int or [n_sum, n_mult] with n_sum + n_mult >= 1, "
+                             f"got {w!r} in {list(widths)} ({example})")
+        if i == 0 and m:
+            raise ValueError(f"widths[0] counts the inputs, which cannot be multiplication nodes; got {w!r}")
+        n_sum.append(a)
+        n_mult.append(m)
+    return n_sum, n_mult
+
+
 class KAN(nn.Module):
     """A Kolmogorov-Arnold network ``[..., widths[0]] -> [..., widths[-1]]``.
 
     Args:
-        widths: nodes per layer, e.g. ``[2, 5, 1]``.
+        widths: nodes per layer, e.g. ``[2, 5, 1]``. A level may also be ``[n_sum, n_mult]`` (KAN 2.0,
+            Liu et al. 2024b, arXiv 2408.10205): ``n_sum`` nodes add their incoming edges as usual, and
+            each of the ``n_mult`` multiplication nodes multiplies ``mult_arity`` such sums ("subnodes"),
+            so ``KAN([2, [0, 1], 1])`` can represent ``x1 * x2`` exactly with one edge per input. The
+            layer into a level then has ``n_sum + mult_arity * n_mult`` outputs.
+        mult_arity: how many subnodes a multiplication node multiplies (2).
         grid_size, spline_order, grid_range, grid_eps, base_activation, noise_scale, scale_base,
             scale_base_noise, scale_spline, learn_scales: passed to every ``KANLayer``.
         seed: seeds a private generator for the initial weights (the global RNG is not touched);
             ``None`` draws from the global RNG like ``torch.nn`` layers do.
+
+    ``widths`` (the attribute) holds the number of nodes per level, ``n_mult`` the multiplication nodes
+    among them (the last ``n_mult[l]`` of level ``l``).
     """
 
     def __init__(self, widths, grid_size: int = 5, spline_order: int = 3, grid_range=(-1.0, 1.0),
                  grid_eps: float = 0.02, base_activation="silu", noise_scale: float = 0.1,
                  scale_base: float = 1.0, scale_base_noise: float = 0.1, scale_spline: float = 1.0,
-                 learn_scales: bool = True,
+                 learn_scales: bool = True, mult_arity: int = 2,
                  seed: int | None = None, device=None, dtype=None):
         super().__init__()
-        self.widths = _check_widths(widths)
+        n_sum, self.n_mult = _check_kan_widths(widths)
+        if isinstance(mult_arity, bool) or not isinstance(mult_arity, int) or mult_arity < 2:
+            raise ValueError(f"mult_arity must be an int >= 2, got {mult_arity!r}")
+        self.mult_arity = mult_arity
+        self.widths = [a + m for a, m in zip(n_sum, self.n_mult)]
         self._layer_kwargs = dict(
             grid_size=grid_size, spline_order=spline_order, grid_range=tuple(float(v) for v in grid_range),
             grid_eps=grid_eps, base_activation=_activation_name(base_activation), noise_scale=noise_scale,
@@ -65,8 +100,9 @@ class KAN(nn.Module):
         self.seed = seed
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self.layers = nn.ModuleList(
-            KANLayer(a, b, generator=gen, device=device, dtype=dtype, **self._layer_kwargs)
-            for a, b in zip(self.widths[:-1], self.widths[1:])
+            KANLayer(self.widths[l], self.subnodes(l + 1), generator=gen, device=device, dtype=dtype,
+                     **self._layer_kwargs)
+            for l in range(len(self.widths) - 1)
         )
 
     @property
@@ -74,7 +110,36 @@ class KAN(nn.Module):
         kw = dict(self._layer_kwargs)
         kw["grid_range"] = list(kw["grid_range"])
         kw["grid_size"] = self.grid_size
+        if any(self.n_mult):
+            widths = [[w - m, m] if m else w for w, m in zip(self.widths, self.n_mult)]
+            return {"widths": widths, "mult_arity": self.mult_arity, "seed": self.seed, **kw}
         return {"widths": list(self.widths), "seed": self.seed, **kw}
+
+    # ---- multiplication nodes (KAN 2.0) ----------------------------------------------------------------
+
+    def subnodes(self, level: int) -> int:
+        """Outputs of the layer into ``level``: its sum nodes plus ``mult_arity`` per multiplication node."""
+        return self.widths[level] + (self.mult_arity - 1) * self.n_mult[level]
+
+    def subnode_to_node(self, level: int) -> torch.Tensor:
+        """``[subnodes(level)]``: the node of ``level`` that each output of the layer into it feeds."""
+        n_sum = self.widths[level] - self.n_mult[level]
+        mult = n_sum + torch.arange(self.n_mult[level]).repeat_interleave(self.mult_arity)
+        return torch.cat([torch.arange(n_sum), mult])
+
+    def nodes(self, level: int, h):
+        """The nodes of ``level`` from the outputs of the layer into it: ``h [..., subnodes]`` ->
+        ``[..., widths[level]]`` (sum nodes pass through, multiplication nodes multiply their subnodes).
+        Also takes a list of sympy expressions (``symbolic_formula``)."""
+        m = self.n_mult[level]
+        if not m:
+            return h
+        n_sum = self.widths[level] - m
+        if isinstance(h, list):
+            a = self.mult_arity
+            return h[:n_sum] + [_product(h[n_sum + a * j: n_sum + a * (j + 1)]) for j in range(m)]
+        prods = h[..., n_sum:].reshape(*h.shape[:-1], m, self.mult_arity).prod(-1)
+        return torch.cat([h[..., :n_sum], prods], -1)
 
     @property
     def grid_size(self) -> int:
@@ -86,16 +151,16 @@ class KAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., widths[0]]`` -> ``[..., widths[-1]]``."""
-        for layer in self.layers:
-            x = layer(x)
+        for l, layer in enumerate(self.layers):
+            x = self.nodes(l + 1, layer(x))
         return x
 
     def layer_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The input of every layer and the output: ``[x_0, x_1, ..., x_L]`` (no gradient)."""
         xs = [x.reshape(-1, self.widths[0])]
         with torch.no_grad():
-            for layer in self.layers:
-                xs.append(layer(xs[-1]))
+            for l, layer in enumerate(self.layers):
+                xs.append(self.nodes(l + 1, layer(xs[-1])))
         return xs
 
     # ---- grids ----------------------------------------------------------------------------------------
@@ -104,9 +169,9 @@ class KAN(nn.Module):
     def update_grid(self, x: torch.Tensor) -> None:
         """Adapt each layer's grid to its inputs on the samples ``x [N, widths[0]]``, layer by layer."""
         h = x.reshape(-1, self.widths[0])
-        for layer in self.layers:
+        for l, layer in enumerate(self.layers):
             layer.update_grid(h)
-            h = layer(h)
+            h = self.nodes(l + 1, layer(h))
 
     @torch.no_grad()
     def refine(self, grid_size: int, x: torch.Tensor | None = None) -> KAN:
@@ -122,12 +187,13 @@ class KAN(nn.Module):
     # ---- regularization, attribution, pruning -------------------------------------------------------
 
     def edge_scales(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-layer ``|phi_ji|_1 = mean_n |phi_ji(x_i^(n))|``, each ``[out, in]`` (differentiable)."""
+        """Per-layer ``|phi_ji|_1 = mean_n |phi_ji(x_i^(n))|``, each ``[out, in]`` (``out`` counts subnodes;
+        differentiable)."""
         scales, h = [], x.reshape(-1, self.widths[0])
-        for layer in self.layers:
+        for l, layer in enumerate(self.layers):
             phi = layer.edge_activations(h)  # [N, out, in]
             scales.append(phi.abs().mean(0))
-            h = phi.sum(-1)
+            h = self.nodes(l + 1, phi.sum(-1))
         return scales
 
     def regularization_loss(self, x: torch.Tensor, l1: float = 1.0, entropy: float = 2.0, coef: float = 0.0,
@@ -156,22 +222,25 @@ class KAN(nn.Module):
         An edge's share of node ``j`` is its output's spread, ``std_n phi_ji(x_i)``, over the summed
         spread of all edges into ``j``. Output nodes score 1; walking backwards, an edge scores its
         share times the score of the node it feeds, and a node scores the sum over its outgoing edges.
+        Each subnode of a multiplication node scores as much as the node (a product needs every factor).
 
         Returns:
             ``(node_scores, edge_scores)``: ``node_scores[l]`` is ``[widths[l]]`` for ``l = 0..L``,
-            ``edge_scores[l]`` is ``[widths[l+1], widths[l]]``.
+            ``edge_scores[l]`` is ``[subnodes(l+1), widths[l]]`` (``[widths[l+1], widths[l]]`` without
+            multiplication nodes).
         """
         spreads, h = [], x.reshape(-1, self.widths[0])
-        for layer in self.layers:
+        for l, layer in enumerate(self.layers):
             phi = layer.edge_activations(h)
             spreads.append(phi.std(0, unbiased=False) if phi.shape[0] > 1 else phi.abs().mean(0))
-            h = phi.sum(-1)
+            h = self.nodes(l + 1, phi.sum(-1))
         node = [None] * (len(self.layers) + 1)
         edge = [None] * len(self.layers)
         node[-1] = torch.ones(self.widths[-1], dtype=h.dtype, device=h.device)
         for l in range(len(self.layers) - 1, -1, -1):
             share = spreads[l] / (spreads[l].sum(1, keepdim=True) + 1e-12)
-            edge[l] = share * node[l + 1].unsqueeze(1)
+            sub = node[l + 1][self.subnode_to_node(l + 1).to(node[l + 1].device)]
+            edge[l] = share * sub.unsqueeze(1)
             node[l] = edge[l].sum(0)
         return node, edge
 
@@ -186,19 +255,32 @@ class KAN(nn.Module):
         node, edge = self.attribution(x)
         keep = [torch.arange(self.widths[0])]
         for l in range(1, len(self.widths) - 1):
-            k = torch.nonzero(node[l] > node_threshold).flatten()
-            keep.append(k if len(k) else node[l].argmax().view(1))  # never cut the network in two
+            k = torch.nonzero(node[l].cpu() > node_threshold).flatten()
+            keep.append(k if len(k) else node[l].cpu().argmax().view(1))  # never cut the network in two
         keep.append(torch.arange(self.widths[-1]))
         new = copy.deepcopy(self)
         for l, layer in enumerate(new.layers):
             strong = (edge[l] > edge_threshold).T.to(layer.mask.dtype)  # [in, out]
             layer.mask.mul_(strong)
-            new.layers[l] = layer.subset(keep[l], keep[l + 1])
+            # the layer's outputs that feed kept nodes (all subnodes of a kept multiplication node)
+            owner = self.subnode_to_node(l + 1)
+            outs = torch.nonzero(torch.isin(owner, keep[l + 1])).flatten()
+            new.layers[l] = layer.subset(keep[l], outs)
+        new.n_mult = [int((k >= w - m).sum()) for k, w, m in zip(keep, self.widths, self.n_mult)]
         new.widths = [len(k) for k in keep]
         return new
 
     def extra_repr(self) -> str:
+        if any(self.n_mult):
+            return f"widths={self.config['widths']}, mult_arity={self.mult_arity}"
         return f"widths={self.widths}"
+
+
+def _product(items):
+    out = items[0]
+    for v in items[1:]:
+        out = out * v
+    return out
 
 
 class MLP(nn.Module):
@@ -329,4 +411,6 @@ def flops_per_sample(model: nn.Module, sparse: bool = True) -> int:
             total += 2 * mod.in_features * mod.out_features + (mod.out_features if mod.bias is not None else 0)
     if isinstance(model, MLP):
         total += 4 * sum(model.widths[1:-1])
+    if isinstance(model, KAN):
+        total += sum(m * (model.mult_arity - 1) for m in model.n_mult)
     return total

@@ -180,7 +180,8 @@ def plot_network(model, x: torch.Tensor | None = None, in_vars=None, out_vars=No
         in_vars, out_vars: labels of the inputs and outputs (default ``x1..`` and ``y1..``).
         n: points per curve.
 
-    Masked (pruned) edges are not drawn; symbolic edges are red and labelled with their function.
+    Masked (pruned) edges are not drawn; symbolic edges are red and labelled with their function;
+    multiplication nodes are drawn as a cross in a circle.
     Each curve is scaled to fill its box (the box shows the shape; the opacity shows the importance).
     """
     from matplotlib.collections import LineCollection
@@ -198,7 +199,7 @@ def plot_network(model, x: torch.Tensor | None = None, in_vars=None, out_vars=No
     curves = _edge_curves(model, x, n)
 
     node_x = [[(k + 0.5) / w for k in range(w)] for w in widths]
-    wmax = max(a * b for a, b in zip(widths[:-1], widths[1:]))
+    wmax = max(layer.in_features * layer.out_features for layer in model.layers)
     ax = _axes(ax, (max(6.0, min(16.0, 0.45 * wmax + 2)), 2.2 * L + 0.8))
     wires, wire_colors, frames, frame_colors, lines, line_colors = [], [], [], [], [], []
     box_h = 0.62
@@ -207,6 +208,7 @@ def plot_network(model, x: torch.Tensor | None = None, in_vars=None, out_vars=No
         n_box = n_in * n_out
         box_w = min(0.8 / n_box, 0.16)
         sym = getattr(layer, "symbolic", None)
+        owner = model.subnode_to_node(l + 1).tolist()  # output j of this layer feeds node owner[j]
         y0, yb = 2.0 * l, 2.0 * l + 1.0
         for i in range(n_in):
             for j in range(n_out):
@@ -218,7 +220,7 @@ def plot_network(model, x: torch.Tensor | None = None, in_vars=None, out_vars=No
                 color = (*rgb, alpha)
                 xb = (i * n_out + j + 0.5) / n_box
                 lo_y, hi_y = yb - box_h / 2, yb + box_h / 2
-                wires += [[(node_x[l][i], y0), (xb, lo_y)], [(xb, hi_y), (node_x[l + 1][j], y0 + 2.0)]]
+                wires += [[(node_x[l][i], y0), (xb, lo_y)], [(xb, hi_y), (node_x[l + 1][owner[j]], y0 + 2.0)]]
                 wire_colors += [color, color]
                 frames.append([(xb - box_w / 2, lo_y), (xb + box_w / 2, lo_y), (xb + box_w / 2, hi_y),
                                (xb - box_w / 2, hi_y), (xb - box_w / 2, lo_y)])
@@ -237,7 +239,11 @@ def plot_network(model, x: torch.Tensor | None = None, in_vars=None, out_vars=No
     ax.add_collection(LineCollection(frames, colors=frame_colors, linewidths=0.6))
     ax.add_collection(LineCollection(lines, colors=line_colors, linewidths=1.4))
     for l, xs_ in enumerate(node_x):
-        ax.scatter(xs_, [2.0 * l] * len(xs_), s=40, c="k", zorder=3)
+        n_sum = widths[l] - model.n_mult[l]
+        ax.scatter(xs_[:n_sum], [2.0 * l] * n_sum, s=40, c="k", zorder=3)
+        if model.n_mult[l]:  # multiplication nodes (KAN 2.0)
+            ax.scatter(xs_[n_sum:], [2.0 * l] * model.n_mult[l], s=90, c="w", edgecolors="k", marker="o", zorder=3)
+            ax.scatter(xs_[n_sum:], [2.0 * l] * model.n_mult[l], s=40, c="k", marker="x", zorder=4)
     for k, name in enumerate(in_vars):
         ax.text(node_x[0][k], -0.25, name, ha="center", va="top", fontsize=11)
     for k, name in enumerate(out_vars):
@@ -251,7 +257,7 @@ def plot_network(model, x: torch.Tensor | None = None, in_vars=None, out_vars=No
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     shown = "opacity = tanh(beta * attribution)" if x is not None else "grid ranges"
-    ax.set_title(title or f"KAN {widths}  ({shown})")
+    ax.set_title(title or f"KAN {model.config['widths']}  ({shown})")
     return _save(ax, save)
 
 

@@ -1061,7 +1061,8 @@ def symbolic_formula(model, var_names=None, precision: int = 4, snap: bool = Tru
 
     Every active edge must be symbolic: a numeric edge (``mask != 0``) raises ValueError naming it (fix it
     with :func:`fix_symbolic` / :func:`auto_symbolic`, or prune it). Edges are composed layer by layer,
-    ``node_j = sum_i c_ij f_ij(a_ij node_i + b_ij) + d_ij``, then tidied:
+    ``node_j = sum_i c_ij f_ij(a_ij node_i + b_ij) + d_ij`` (a multiplication node multiplies its
+    subnodes), then tidied:
 
     1. canonical form: products are expanded over sums, a constant factor is pulled out of ``sqrt``,
        ``1/(...)`` and ``log`` arguments, and constants and ``k log(u)`` terms out of ``exp`` arguments;
@@ -1082,7 +1083,7 @@ def symbolic_formula(model, var_names=None, precision: int = 4, snap: bool = Tru
     if len(var_names) != n_in:
         raise ValueError(f"var_names must have {n_in} names, got {len(var_names)}: {list(var_names)}")
     nodes = [sympy.Symbol(v) if isinstance(v, str) else v for v in var_names]
-    for layer in layers:
+    for l, layer in enumerate(layers):
         new = [sympy.Integer(0)] * layer.out_features
         sym = getattr(layer, "symbolic", None)
         if sym is not None:
@@ -1090,7 +1091,7 @@ def symbolic_formula(model, var_names=None, precision: int = 4, snap: bool = Tru
             for (i, j), fn in sorted(sym.functions.items()):
                 a, b, c, d = (sympy.Float(float(v)) for v in P[i, j])
                 new[j] = new[j] + c * fn.sympy_fn(a * nodes[i] + b) + d
-        nodes = new
+        nodes = model.nodes(l + 1, new) if hasattr(model, "nodes") else new  # multiplication nodes multiply
     out = []
     for e in nodes:
         for _ in range(2):

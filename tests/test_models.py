@@ -155,7 +155,7 @@ def test_flops_per_sample():
 
 
 def test_bad_widths():
-    with pytest.raises(ValueError, match=r"widths\[1\] must be a positive int, got 0"):
+    with pytest.raises(ValueError, match=r"widths\[1\] must be a positive int or \[n_sum, n_mult\].*, got 0"):
         KAN([2, 0, 1])
     with pytest.raises(ValueError, match="at least 2"):
         KAN([3])
