@@ -48,7 +48,7 @@ PARALLEL_MIN_WORK = 1 << 21
 
 _KERNELS: dict = {}
 _LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the pid that made it, the pool)
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor, k: int) -> bool:
@@ -317,10 +317,12 @@ def _kernels(k: int, dtype: torch.dtype, adaptive: bool):
 
 
 def _pool() -> ThreadPoolExecutor:
+    """The worker threads, made on first use; a forked child (a DataLoader worker, say) makes its own, since
+    it inherits the parent's pool object but not its threads."""
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=7, thread_name_prefix="kanedu-native")
-    return _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=7, thread_name_prefix="kanedu-native"))
+    return _POOL[1]
 
 
 def _run_split(fn, total: int, work: int, args_of):

@@ -1,8 +1,10 @@
 """kanedu.native: the compiled CPU loops equal the torch kernel and the reference on every path."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -220,3 +222,31 @@ def test_no_grad_forward_runs_the_torch_kernel(monkeypatch):
         layer.update_grid(torch.randn(100, 3))
     with pytest.raises(AssertionError, match="native kernels ran"):
         layer(x)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_threads(monkeypatch):
+    # the parent's pool object is inherited without its threads; the child must not wait on them forever
+    monkeypatch.setattr(native, "PARALLEL_MIN_WORK", 1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, grid, W, g = _case(1, 4, 3, 5, 64, 3, False, 1.0)
+        y = native.NativeKANFunction.apply(x, W, grid, 3, "silu", True)  # the parent starts its pool
+        pid = os.fork()
+        if pid == 0:  # the child: same computation, then leave without running pytest's teardown
+            ok = torch.equal(native.NativeKANFunction.apply(x, W, grid, 3, "silu", True), y)
+            os._exit(0 if ok else 1)
+        deadline = time.monotonic() + 60
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child hung waiting for the parent's worker threads")
+            time.sleep(0.05)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        torch.set_num_threads(old)
