@@ -92,8 +92,15 @@ def _dhorner(k: int, j: int) -> str:
     return h
 
 
-def _locate_source(k: int, adaptive: bool, xv: str, f: str, col: str, deriv: str, indent: int) -> str:
-    """Source that writes column ``col`` of ``L`` for the value ``xv`` of feature ``f`` (see ``_source``)."""
+def _locate_source(k: int, xv: str, f: str, col: str, deriv: str, indent: int) -> str:
+    """Source that writes column ``col`` of ``L`` for the value ``xv`` of feature ``f`` (see ``_source``):
+    one branch for uniform knots, one for any knots (a run-time flag: one compiled kernel serves both, since
+    training usually meets both, and compiling costs more than the never-mispredicted branch)."""
+    return (" " * indent + "if adaptive:\n" + _locate_lines(k, True, xv, f, col, deriv, indent + 4)
+            + " " * indent + "else:\n" + _locate_lines(k, False, xv, f, col, deriv, indent + 4))
+
+
+def _locate_lines(k: int, adaptive: bool, xv: str, f: str, col: str, deriv: str, indent: int) -> str:
     K = k + 1
     if not adaptive:
         lines = [
@@ -128,21 +135,21 @@ def _locate_source(k: int, adaptive: bool, xv: str, f: str, col: str, deriv: str
     return "\n".join(" " * indent + line for line in lines) + "\n"
 
 
-def _source(k: int, adaptive: bool) -> str:
+def _source(k: int) -> str:
     """Python source of the kernels for spline order ``k``; ``T`` (the layer's dtype) is bound when it is
     compiled. The ``k + 1`` terms of every row update are written out, and every value an inner loop uses
     is read into a local first, so each inner loop is one vectorised pass over ``out``.
 
-    ``gc`` holds the grid's constants (``_grid_constants``). Uniform knots: ``ab [2, in]`` (float64), ``1/h``
-    and ``t0`` of every feature, so that the knot coordinate is ``u = (x - ab[1]) * ab[0]``. Any knots:
-    ``kernels.interval_table`` (float64; row ``r`` = interval ``r - 1``) and ``cnt [N, in]``, the number of
-    knots <= each x (``_count_knots``). The located bases of a row (or column) of ``x`` go to
-    ``L [1 + 2(k+1), in (or N)]``: row 0 the slot of the first non-zero basis (1-based: slot 0 of a
-    feature is its base activation; slots outside ``1..n`` do not exist), rows ``1..k+1`` the bases,
-    the rest their ``d/dx``.
+    ``gc = (adaptive, ab, tab, tl, iw, cnt)`` (``_call_constants``). Uniform knots: ``ab [2, in]`` (float64),
+    ``1/h`` and ``t0`` of every feature, so that the knot coordinate is ``u = (x - ab[1]) * ab[0]``. Any
+    knots: ``kernels.interval_table`` (``tab``, ``tl``, ``iw``, float64; row ``r`` = interval ``r - 1``) and
+    ``cnt [N, in]``, the number of knots <= each x (``_count_knots``). The located bases of a row (or
+    column) of ``x`` go to ``L [1 + 2(k+1), in (or N)]``: row 0 the slot of the first non-zero basis
+    (1-based: slot 0 of a feature is its base activation; slots outside ``1..n`` do not exist), rows
+    ``1..k+1`` the bases, the rest their ``d/dx``.
     """
     K = k + 1
-    unpack = "    tab, tl, iw, cnt = gc" if adaptive else "    ab = gc[0]"
+    unpack = "    adaptive, ab, tab, tl, iw, cnt = gc"
     v = "\n".join(f"                v{j} = L[{1 + j}, f]" for j in range(K))
     rows = " + ".join(f"v{j} * W[f, q + {j}, o]" for j in range(K))
     phirows = "\n".join(f"                row[at + q + {j}] = L[{1 + j}, f]" for j in range(K))
@@ -166,7 +173,7 @@ def build_phi(x, bx, has_base, gc, n, phi, b0, b1):
     L = np.empty(({1 + 2 * K}, n_in), phi.dtype)
     for b in range(b0, b1):
         for f in range(n_in):
-{_locate_source(k, adaptive, "x[b, f]", "f", "f", "False", 12)}
+{_locate_source(k, "x[b, f]", "f", "f", "False", 12)}
         row = phi[b]
         for c in range(row.shape[0]):
             row[c] = 0.0
@@ -192,7 +199,7 @@ def build_phi_gather(x, bx, dbx, has_base, gc, n, phi, gphi, gx, need_w, need_x,
     L = np.empty(({1 + 2 * K}, n_in), gx.dtype)
     for b in range(b0, b1):
         for f in range(n_in):
-{_locate_source(k, adaptive, "x[b, f]", "f", "f", "need_x", 12)}
+{_locate_source(k, "x[b, f]", "f", "f", "need_x", 12)}
         if need_w:
             row = phi[b]
             for c in range(row.shape[0]):
@@ -231,7 +238,7 @@ def forward(x, bx, has_base, W, gc, n, y, b0, b1):
     L = np.empty(({1 + 2 * K}, n_in), y.dtype)
     for b in range(b0, b1):
         for f in range(n_in):
-{_locate_source(k, adaptive, "x[b, f]", "f", "f", "False", 12)}
+{_locate_source(k, "x[b, f]", "f", "f", "False", 12)}
         for o in range(n_out):
             y[b, o] = 0.0
         for f in range(n_in):
@@ -261,7 +268,7 @@ def backward(x, bx, dbx, has_base, W, g, gc, n, need_x, need_w, gx, gW, f0, f1):
     L = np.empty(({1 + 2 * K}, N), g.dtype)
     for f in range(f0, f1):
         for b in range(N):
-{_locate_source(k, adaptive, "x[b, f]", "f", "b", "need_x", 12)}
+{_locate_source(k, "x[b, f]", "f", "b", "need_x", 12)}
         if need_w:
             for r in range(W.shape[1]):
                 for o in range(n_out):
@@ -303,13 +310,13 @@ def backward(x, bx, dbx, has_base, W, g, gc, n, need_x, need_w, gx, gW, f0, f1):
 """
 
 
-def _kernels(k: int, dtype: torch.dtype, adaptive: bool):
-    """The compiled kernels for spline order ``k``, ``dtype`` and kind of grid (built once per process)."""
-    key = (k, dtype, adaptive)
+def _kernels(k: int, dtype: torch.dtype):
+    """The compiled kernels for spline order ``k`` and ``dtype`` (built once per process)."""
+    key = (k, dtype)
     with _LOCK:
         if key not in _KERNELS:
             ns = {"np": np, "math": math, "T": np.float32 if dtype == torch.float32 else np.float64}
-            exec(_source(k, adaptive), ns)  # noqa: S102 - our own generated source
+            exec(_source(k), ns)  # noqa: S102 - our own generated source
             jit = _jit(fastmath=True)
             ns["slot"] = jit(ns["slot"])  # the kernels call it through the namespace
             _KERNELS[key] = {name: jit(ns[name]) for name in ("build_phi", "build_phi_gather", "forward", "backward")}
@@ -363,13 +370,18 @@ def _grid_constants(grid: torch.Tensor, k: int, uniform: bool) -> tuple:
 
 
 def _call_constants(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool) -> tuple:
-    """``_grid_constants``, and for any knots the number of knots <= every ``x`` (``cnt [N, in]``)."""
+    """The kernels' ``gc``: ``(adaptive, ab, table, t_left, 1/width, cnt)`` with ``_grid_constants`` of the
+    grid's kind, for any knots the number of knots <= every ``x`` (``cnt [N, in]``), and placeholders for
+    the other kind's (fixed dtypes and ranks, so both kinds run the same compiled kernel)."""
     gc = _grid_constants(grid, k, uniform)
     if uniform:
-        return gc
+        return (False, gc[0], _PLACEHOLDER["tab"], _PLACEHOLDER["row"], _PLACEHOLDER["row"], _PLACEHOLDER["cnt"])
     cnt = np.empty(x.shape, dtype=np.int32)
     _count_knots(x.numpy(), gc[3], cnt)
-    return gc[:3] + (cnt,)
+    return (True, _PLACEHOLDER["row"], gc[0], gc[1], gc[2], cnt)
+
+
+_PLACEHOLDER = {"tab": np.zeros((1, 1, 1, 1)), "row": np.zeros((2, 1)), "cnt": np.zeros((1, 1), dtype=np.int32)}
 
 
 _EMPTY = {}
@@ -401,7 +413,7 @@ def _forward(x: torch.Tensor, w: torch.Tensor, grid: torch.Tensor, k: int, base,
 
     N, n_in = x.shape
     n1, n_out = w.shape[1], w.shape[2]
-    kern = _kernels(k, x.dtype, not uniform)
+    kern = _kernels(k, x.dtype)
     gc = _call_constants(x, grid, k, uniform)
     b, _ = base_with_derivative(base, x)
     bx = _empty(x.dtype) if b is None else b.contiguous().numpy()
@@ -424,7 +436,7 @@ def _backward(x, w, grid, k, base, uniform: bool, g, need_x: bool, need_w: bool)
     N, n_in = x.shape
     n1, n_out = w.shape[1], w.shape[2]
     n = n1 - 1
-    kern = _kernels(k, x.dtype, not uniform)
+    kern = _kernels(k, x.dtype)
     gc = _call_constants(x, grid, k, uniform)
     b, db = base_with_derivative(base, x)
     has_base = b is not None

@@ -151,7 +151,7 @@ def test_counting_knots_equals_searchsorted():
     x[0] = grid[:, 5]  # exactly on knots
     gc = native._call_constants(x, grid, 3, uniform=False)
     expect = torch.searchsorted(grid, x.T.contiguous(), right=True).T
-    assert torch.equal(torch.from_numpy(gc[3]).long(), expect)
+    assert torch.equal(torch.from_numpy(gc[5]).long(), expect)
 
 
 def test_grid_constants_follow_in_place_grid_changes():
