@@ -399,12 +399,15 @@ def _empty(dtype):
 # machine (k = 3, fwd + bwd): the dense route is faster for P < 16 (G = 5, 8: 64 -> 64 and 64 -> 8 at batch
 # 1024), about even at G = 12, slower from G = 20; and slower when there are few (sample, feature) pairs
 # (2 -> 5 at batch 1024: 0.75 ms dense vs 0.42 sparse; 64 -> 64 at batch 64: 0.96 vs 0.73).
+# Above DENSE_MAX_ELEMENTS entries of Phi (64 MB in float32) the sparse loops run whatever the sizes: they
+# need no temporary larger than the output.
 SPARSE_MIN_SLOTS = 16
 DENSE_MIN_PAIRS = 8192
+DENSE_MAX_ELEMENTS = 1 << 24
 
 
 def _dense_route(N: int, n_in: int, n1: int) -> bool:
-    return n1 < SPARSE_MIN_SLOTS and N * n_in >= DENSE_MIN_PAIRS
+    return n1 < SPARSE_MIN_SLOTS and DENSE_MIN_PAIRS <= N * n_in and N * n_in * n1 <= DENSE_MAX_ELEMENTS
 
 
 def _forward(x: torch.Tensor, w: torch.Tensor, grid: torch.Tensor, k: int, base, uniform: bool) -> torch.Tensor:

@@ -181,6 +181,7 @@ def test_default_route_follows_the_sizes():
     assert native._dense_route(1024, 64, 9)  # the benchmark's G = 5 layer
     assert not native._dense_route(512, 32, 54)  # G = 50: many slots
     assert not native._dense_route(1000, 2, 9)  # a lesson-sized layer: few (sample, feature) pairs
+    assert not native._dense_route(10**6, 64, 9)  # Phi would take 2.3 GB: the loops need no temporary
 
 
 def test_kan_linear_uses_it_on_cpu_only_when_enabled(monkeypatch):
