@@ -152,8 +152,17 @@ def _source(k: int) -> str:
     unpack = "    adaptive, ab, tab, tl, iw, cnt = gc"
     v = "\n".join(f"                v{j} = L[{1 + j}, f]" for j in range(K))
     rows = " + ".join(f"v{j} * W[f, q + {j}, o]" for j in range(K))
-    phirows = "\n".join(f"                row[at + q + {j}] = L[{1 + j}, f]" for j in range(K))
-    phirows_in = "\n".join(f"                    row[at + q + {j}] = L[{1 + j}, f]" for j in range(K))
+
+    def write_phi(indent: int) -> str:
+        # row b of Phi from the located L: zeros, the base activation in slot 0, the k + 1 bases
+        lines = ["row = phi[b]", "for c in range(row.shape[0]):", "    row[c] = 0.0", "for f in range(n_in):",
+                 "    at = f * P", "    if has_base:", "        row[at] = bx[b, f]", "    q = slot(L, f)",
+                 f"    if q >= 1 and q + {k} <= n:"]
+        lines += [f"        row[at + q + {j}] = L[{1 + j}, f]" for j in range(K)]
+        lines += ["    else:", f"        for j in range({K}):", "            if q + j >= 1 and q + j <= n:",
+                  "                row[at + q + j] = L[1 + j, f]"]
+        return "\n".join(" " * indent + line for line in lines) + "\n"
+
     gathered = " + ".join(f"L[{1 + K + j}, f] * row[at + q + {j}]" for j in range(K))
     bv = "\n".join(f"                    d{j} = L[{1 + K + j}, b]" for j in range(K))
     drows = " + ".join(f"d{j} * W[f, q + {j}, o]" for j in range(K))
@@ -174,21 +183,7 @@ def build_phi(x, bx, has_base, gc, n, phi, b0, b1):
     for b in range(b0, b1):
         for f in range(n_in):
 {_locate_source(k, "x[b, f]", "f", "f", "False", 12)}
-        row = phi[b]
-        for c in range(row.shape[0]):
-            row[c] = 0.0
-        for f in range(n_in):
-            at = f * P
-            if has_base:
-                row[at] = bx[b, f]
-            q = slot(L, f)
-            if q >= 1 and q + {k} <= n:
-{phirows}
-            else:
-                for j in range({K}):
-                    if q + j >= 1 and q + j <= n:
-                        row[at + q + j] = L[1 + j, f]
-
+{write_phi(8)}
 
 def build_phi_gather(x, bx, dbx, has_base, gc, n, phi, gphi, gx, need_w, need_x, b0, b1):
 {unpack}
@@ -201,21 +196,7 @@ def build_phi_gather(x, bx, dbx, has_base, gc, n, phi, gphi, gx, need_w, need_x,
         for f in range(n_in):
 {_locate_source(k, "x[b, f]", "f", "f", "need_x", 12)}
         if need_w:
-            row = phi[b]
-            for c in range(row.shape[0]):
-                row[c] = 0.0
-            for f in range(n_in):
-                at = f * P
-                if has_base:
-                    row[at] = bx[b, f]
-                q = slot(L, f)
-                if q >= 1 and q + {k} <= n:
-{phirows_in}
-                else:
-                    for j in range({K}):
-                        if q + j >= 1 and q + j <= n:
-                            row[at + q + j] = L[1 + j, f]
-        if need_x:
+{write_phi(12)}        if need_x:
             row = gphi[b]
             for f in range(n_in):
                 at = f * P
