@@ -9,18 +9,19 @@ local polynomials there, and then take one of two routes, whichever was faster o
   non-zeros of the expanded features ``Phi [N, in * P]`` and let BLAS multiply: ``y = Phi @ W``; in backward
   ``dW = Phi^T @ g`` and ``g @ W^T``, from which the loop gathers ``dx`` at the used slots. BLAS does a
   multiply-add several times faster than any loop here, so at small G that wins although it multiplies
-  zeros. ``Phi`` is freed at once and written again in backward: only ``x`` is saved.
+  zeros. ``Phi`` is freed at once and written again in backward: only ``x`` (and the weight) is saved.
 * many slots: never form ``Phi``. Forward adds ``b(x) W[f, 0] + sum_j B_j W[f, slot_j]`` to ``y[b]``;
   backward adds ``B_j g[b]`` to the same rows of ``dW`` and sets
   ``dx[b, f] = <g[b], b'(x) W[f, 0] + sum_j B'_j W[f, slot_j]>``, one feature at a time (its rows of
   ``dW`` stay in the L1 cache). The work is ``(k + 2) in out`` per sample whatever G is.
 
 The source is generated for each spline order (the ``k + 1`` terms written out, so each inner loop is
-one vectorised pass over ``out``) and compiled on first use: about a second per kernel, once per
-process; nothing is written to disk. The base activation and its derivative come from torch
-(vectorised). Work above ``PARALLEL_MIN_WORK`` is split over ``torch.get_num_threads()`` threads (rows in
-forward, features in backward, so no two threads write the same memory and the bits do not depend on
-the split). Gradients are first-order only (``create_graph=True`` raises at the second backward).
+one vectorised pass over ``out``) and compiled on first use, once per process and dtype: about 4 s for
+the first forward and backward (numba's start-up included); nothing is written to disk. The base
+activation and its derivative come from torch (vectorised). Work above ``PARALLEL_MIN_WORK`` is split
+over ``torch.get_num_threads()`` threads (rows in forward, features in backward, so no two threads write
+the same memory and the bits do not depend on the split). Gradients are first-order only
+(``create_graph=True`` raises at the second backward).
 
 Set the environment variable ``KANEDU_NATIVE=0`` before importing kanedu to use the torch kernel
 everywhere (it is what runs on a GPU; tests hold both to the Cox-de Boor reference).
