@@ -657,17 +657,19 @@ torch.set_num_threads(1)
 layer = kanedu.KANLayer(64, 64)
 x, g = torch.rand(1024, 64, requires_grad=True), torch.randn(1024, 64)
 
-def faults_per_step():
+def steps_that_fault():
     for _ in range(3):
         layer(x).backward(g)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    count = 0
     for _ in range(20):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         layer(x).backward(g)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
+        count += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before > 100
+    return count
 
-default = faults_per_step()
+default = steps_that_fault()
 cfg = kanedu.configure_cpu(threads=1)
-print(cfg.keep_freed_memory, default, faults_per_step())
+print(cfg.keep_freed_memory, default, steps_that_fault())
 """
 
 
@@ -676,8 +678,10 @@ def test_configure_cpu_keeps_freed_memory_so_temporaries_do_not_fault():
     out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True, timeout=120)
     kept, default, tuned = out.stdout.split()
     assert kept == "True"
-    assert float(default) > 100  # temporaries of mixed sizes: glibc returns them and they fault in again
-    assert float(tuned) < 0.1 * float(default)
+    # of 20 steps, how many fault in more than 100 pages: by default glibc returns the large temporaries
+    # and they fault in again (measured: 9-12 steps); kept, none do, but the heap may still grow once
+    assert int(default) >= 5
+    assert int(tuned) <= 2
 
 
 def test_configure_cpu_flushes_denormals_on_already_running_worker_threads():
