@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import median_time  # noqa: E402
 
+import kanedu  # noqa: E402
 from kanedu.splines import bspline_basis, uniform_grid  # noqa: E402
 
 
@@ -21,8 +22,7 @@ def main():
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--features", type=int, default=64)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    kanedu.configure_cpu(threads=args.threads)  # threads and denormals as the lessons set them
     print(f"torch {torch.__version__}, {args.threads} threads, x [{args.batch}, {args.features}] float32, k=3")
     print(f"{'G':>5} {'reference ms':>13} {'fast ms':>9} {'fast/reference':>15}")
     x = torch.rand(args.batch, args.features) * 2 - 1

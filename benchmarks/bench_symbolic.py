@@ -24,6 +24,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import median_time  # noqa: E402
 
+import kanedu  # noqa: E402
 from kanedu import KAN, fit  # noqa: E402
 from kanedu.data import toy_dataset  # noqa: E402
 from kanedu.plot import plot_network  # noqa: E402
@@ -35,8 +36,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    kanedu.configure_cpu(threads=args.threads)  # threads and denormals as the lessons set them
     print(f"torch {torch.__version__}, {args.threads} threads")
 
     ds = toy_dataset("exp_sin_sq", n_train=1000, n_test=1000, seed=0, dtype=torch.float64)
