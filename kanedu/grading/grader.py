@@ -71,6 +71,7 @@ class Settings:
 class Submission:
     path: Path
     id: str  # how the CSV names it: the path as found under the PATH argument
+    rel: str = ""  # the path below the PATH argument (its name for a file): names the feedback file
 
 
 @dataclass
@@ -123,19 +124,19 @@ def find_submissions(paths) -> list[Submission]:
         if path.is_file():
             if path.suffix != ".ipynb":
                 raise UsageError(f"{raw}: not a notebook (expected a .ipynb file or a folder)")
-            candidates = [(path, str(raw))]
+            candidates = [(path, str(raw), path.name)]
         else:
             candidates = []
             for nb in sorted(path.rglob("*.ipynb")):
                 rel = nb.relative_to(path)
                 if any(p.startswith(".") for p in rel.parts[:-1]):  # .ipynb_checkpoints and hidden folders
                     continue
-                candidates.append((nb, os.path.join(str(raw), str(rel))))
-        for nb, name in candidates:
+                candidates.append((nb, os.path.join(str(raw), str(rel)), str(rel)))
+        for nb, name, rel in candidates:
             key = nb.resolve()
             if key not in seen:
                 seen.add(key)
-                found.append(Submission(nb, os.path.normpath(name)))
+                found.append(Submission(nb, os.path.normpath(name), rel))
     if not found:
         raise UsageError(f"no notebooks (*.ipynb) found in {', '.join(str(p) for p in paths)}")
     return found
@@ -316,7 +317,7 @@ def _cell_label(cells: dict[int, str], index: int) -> str:
 
 def _describe_crash(run: _Run) -> str:
     status = run.exit_status()
-    last = [line for line in run.tail if line.strip()][-1:]
+    last = [line for line in run.tail if line.strip() and not re.fullmatch(r"Out\[\d+\]:\s*", line)][-1:]
     return status + (f"; last output: {last[0][:120]}" if last else "")
 
 
@@ -573,7 +574,9 @@ def feedback_markdown(grade: Grade) -> str:
 
 
 def feedback_name(sub: Submission) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", sub.id.replace(os.sep, "__").replace("/", "__"))
+    """``alice/02_bsplines.ipynb`` (below the PATH argument) -> ``alice__02_bsplines.md``."""
+    rel = sub.rel or sub.path.name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", rel.replace(os.sep, "__").replace("/", "__"))
     return (name[:-6] if name.endswith(".ipynb") else name) + ".md"
 
 

@@ -116,7 +116,7 @@ def _describe_error(exc: BaseException, part: Part) -> dict:
     skip = (_PACKAGE_DIR, sys.prefix, sys.base_prefix, sys.exec_prefix)
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):  # the innermost line of the student's code
         if not frame.filename.startswith(skip):
-            where = f" (line {frame.lineno}: {_short(frame.line or '', 80)})"
+            where = f"(line {frame.lineno}: {_short(frame.line or '', 80)})"
             break
     return {
         "type": type(exc).__name__,
@@ -194,9 +194,9 @@ def _judge(part: Part, cases: list[dict], reply: Any) -> PartResult:
                                                "switched off for this part: write it yourself", seconds)
                 if err.get("stub"):
                     return PartResult(part, 0, "not answered yet: the stub still raises NotImplementedError", seconds)
-                return PartResult(part, 0, f"{where}: your {part.answer} raised {_short(err.get('type', '?'), 60)}: "
-                                           f"{_short(err.get('message', ''), 240)}{_short(err.get('where', ''), 100)}",
-                                  seconds)
+                text = (f"{where}: your {part.answer} raised {_short(err.get('type', '?'), 60)}: "
+                        f"{_short(err.get('message', ''), 240)} {_short(err.get('where', ''), 100)}")
+                return PartResult(part, 0, text.rstrip(), seconds)
             message = part.judge(case, wire.decode(outcome.get("output")))
             if message:
                 return PartResult(part, 0, f"{where}: {message}", seconds)
