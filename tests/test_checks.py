@@ -192,3 +192,20 @@ def test_usage_errors_exit_with_2_and_say_what_is_wrong(tmp_path, monkeypatch, c
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "g.csv").exists()
+
+
+def _same(a, b) -> bool:
+    return json.dumps(wire.encode(a), sort_keys=True) == json.dumps(wire.encode(b), sort_keys=True)
+
+
+@pytest.mark.parametrize("name", list(PARTS))
+def test_hidden_inputs_depend_on_the_grading_seed_and_only_on_it(name):
+    part = PARTS[name]
+
+    def draw(seed):
+        return part.cases(torch.Generator().manual_seed(seed), True)
+
+    inline = part.cases(torch.Generator().manual_seed(0), False)
+    assert _same(draw(11), draw(11)), "--seed reproduces the hidden inputs"
+    assert not _same(draw(11), draw(12)), "another seed draws other inputs"
+    assert len(draw(11)) > len(inline), "the grader checks more cases than the inline check"

@@ -158,7 +158,9 @@ HOSTILE = {
     "sys_exit": lambda: _replace_answer(_append(_notebook(), "import sys\nsys.exit(1)\n"), "support_mask",
                                         "import sys\n\ndef support_mask(x, t, k):\n    sys.exit(0)\n"),
     "syntax_error": lambda: _replace_answer(_notebook(), "cox_de_boor", "def cox_de_boor(x, t, k)\n    return x\n"),
-    "memory_bomb": lambda: _append(_notebook(), "blocks = []\nwhile True:\n    blocks.append(bytearray(64 * 2**20))\n"),
+    # 1 GiB a step, untouched: it reaches the address-space limit at once (filling the pages as well made
+    # the same cell take more than the 8 s cell limit on a loaded machine: then it is skipped as a timeout)
+    "memory_bomb": lambda: _append(_notebook(), "blocks = []\nwhile True:\n    blocks.append(torch.empty(2**28))\n"),
     # fake result lines on stdout and stderr, a fake CSV in its folder, its own check(): all with wrong answers
     "forged_results": lambda: _wrong_answers(_append(_insert_after_imports(_notebook(), (
         "import json, sys\n"

@@ -83,6 +83,7 @@ class Grade:
     incidents: list[str] = field(default_factory=list)  # why the status is not ok
     notes: list[str] = field(default_factory=list)  # errors raised by cells (the notebook carried on)
     flags: list[str] = field(default_factory=list)  # review flags (they never change a score)
+    seed: int | None = None  # of the hidden inputs: --seed SEED grades them again on the same inputs
     seconds: float = 0.0
 
     @property
@@ -332,8 +333,8 @@ def grade_submission(sub: Submission, settings: Settings = Settings(), cpus=None
     if exercise is None:
         return Grade(sub, None, status="error", seconds=time.monotonic() - start,
                      incidents=["cannot tell which exercise this is (no kanedu metadata, file name or check calls)"])
-    grade = Grade(sub, exercise, flags=review_flags(cells))
     seed = settings.seed if settings.seed is not None else secrets.randbits(63)
+    grade = Grade(sub, exercise, flags=review_flags(cells), seed=seed)
     gen = torch.Generator().manual_seed(seed)
     cases = {p.name: p.cases(gen, True) for p in exercise.parts}
     encoded = {name: [wire.encode(c) for c in cs] for name, cs in cases.items()}
@@ -569,7 +570,8 @@ def feedback_markdown(grade: Grade) -> str:
         lines += [f"- {_md(r)}" for r in grade.incidents]
         lines += [f"- {_md(n)}" for n in grade.notes]
         lines.append("")
-    lines.append("The grader ran your notebook from top to bottom, then checked each part on new inputs.")
+    lines.append("The grader ran your notebook from top to bottom, then checked each part on new inputs "
+                 f"(drawn with seed {grade.seed}).")
     return "\n".join(lines) + "\n"
 
 

@@ -205,6 +205,9 @@ def _judge(part: Part, cases: list[dict], reply: Any) -> PartResult:
         return PartResult(part, part.points, f"passed all {len(cases)} cases", seconds)
     except (wire.WireError, KeyError, TypeError, ValueError, AttributeError) as exc:
         return PartResult(part, 0, f"not graded: malformed result from the notebook ({_short(exc, 120)})", seconds)
+    except Exception as exc:  # an output the comparison cannot handle (e.g. a tensor torch cannot compare)
+        return PartResult(part, 0, f"the check could not compare your result ({type(exc).__name__}: "
+                                   f"{_short(exc, 120)})", seconds)
 
 
 # --------------------------------------------------------------------------------------------------
