@@ -31,7 +31,10 @@ def _limit(memory_bytes: int, cpu_seconds: int) -> None:
             continue
         soft, hard = resource.getrlimit(which)
         new = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(which, (new, new if which != resource.RLIMIT_CPU else hard))
+        try:
+            resource.setrlimit(which, (new, new if which != resource.RLIMIT_CPU else hard))
+        except (ValueError, OSError) as exc:  # e.g. macOS refuses address-space limits: the wall clock still holds
+            print(f"kanedu.grading.runner: could not set a resource limit ({exc})", file=sys.stderr)
 
 
 def _memory_error(exc: BaseException | None) -> bool:
