@@ -5,7 +5,7 @@ Lessons import from here: ``from kanedu import KAN, MLP, fit``.
 
 __version__ = "0.1.0"
 
-from . import checkpoint, data, plot, splines, symbolic
+from . import checkpoint, data, plot, sequence, splines, symbolic
 from .layers import KANLayer
 from .models import KAN, MLP, count_parameters, flops_per_sample, matched_mlp
 from .train import (
@@ -22,5 +22,6 @@ from .train import (
 __all__ = [
     "KANLayer", "KAN", "MLP", "count_parameters", "flops_per_sample", "matched_mlp",
     "fit", "History", "TrainingDiverged", "seed_everything", "configure_cpu", "CpuConfig",
-    "default_device", "resolve_device", "checkpoint", "data", "plot", "splines", "symbolic", "__version__",
+    "default_device", "resolve_device", "checkpoint", "data", "plot", "sequence", "splines", "symbolic",
+    "__version__",
 ]
