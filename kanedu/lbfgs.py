@@ -1,8 +1,14 @@
-"""L-BFGS with a strong-Wolfe line search on flat NumPy vectors (the engine of ``fit``'s fused path).
+"""L-BFGS with a strong-Wolfe line search on one flat vector: ``fit``'s optimizer for ``opt="LBFGS"``.
 
-The algorithm and every constant are those of ``torch.optim.LBFGS(line_search_fn="strong_wolfe")``
-(which ports Mark Schmidt's minFunc): the two-loop recursion over the last ``history_size`` curvature
-pairs (a pair is kept only if ``y.s > 1e-10``), an initial step ``min(1, 1/|g|_1) * lr`` on the very
+The algorithm and its constants are those of ``torch.optim.LBFGS(line_search_fn="strong_wolfe")``
+(which ports Mark Schmidt's minFunc), with one difference: a curvature pair ``(s, y)`` is kept when
+``y.s > tolerance_ys`` with ``tolerance_ys = 1e-32`` by default (pykan's vendored L-BFGS does the same),
+where torch hard-codes ``1e-10``. Near a good fit the loss, its gradient differences and therefore
+``y.s`` are tiny: on the KAN paper's grid-extension protocol ``y.s`` falls below ``1e-10`` from
+``G = 10`` on, torch drops every pair, and L-BFGS degrades to scaled gradient steps (the test RMSE of
+``[2, 1, 1]`` then stalls near ``1e-4`` from ``G = 20`` to ``50``). ``y.s > 0`` is what the method needs
+(it keeps the inverse-Hessian estimate positive definite); the tiny positive threshold only guards
+against rounding. The rest: the two-loop recursion over the last ``history_size`` pairs, an initial step ``min(1, 1/|g|_1) * lr`` on the very
 first iteration and ``lr`` after it, a bracketing phase that extrapolates by cubic interpolation within
 ``[t + 0.01 (t - t_prev), 10 t]``, and a zoom phase that bisects by safeguarded cubic interpolation
 (Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithms 3.5 and 3.6, with ``c1 = 1e-4``,
@@ -10,13 +16,15 @@ first iteration and ``lr`` after it, a bracketing phase that extrapolates by cub
 (the line search may use what is left of them),
 and the state (direction, step, history) carries over from one ``step`` to the next, as in torch.
 
-Why a second implementation: a KAN like ``[2, 5, 1]`` has a few hundred parameters, so every
+Why our own implementation: torch's threshold cannot be changed, and a KAN like ``[2, 5, 1]`` has a few hundred parameters, so every
 iteration of torch's optimizer is dominated by the fixed cost of its ~50 small tensor operations
 (clone, copy and add per parameter tensor, dot products that return tensors). On one flat float64
 NumPy vector the same arithmetic costs a few microseconds per operation, which matters when one
 training run makes thousands of evaluations (lesson 04's grid-extension staircase makes ~6,000).
 
-``tests/test_fused.py`` checks that this optimizer and ``torch.optim.LBFGS`` take the same steps.
+The vectors may be NumPy arrays (the fused engine) or torch tensors on any device (``TorchLBFGS``, the
+``torch.optim.Optimizer`` that ``fit`` uses for every other model). ``tests/test_fused.py`` checks that
+this optimizer and ``torch.optim.LBFGS`` take the same steps where the threshold does not matter.
 """
 
 from __future__ import annotations
@@ -25,10 +33,43 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import torch
+from scipy.linalg import solve_triangular
 
-__all__ = ["LBFGS"]
+__all__ = ["LBFGS", "TorchLBFGS", "TOLERANCE_YS"]
 
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
+#: keep a curvature pair when y.s exceeds this (pykan's value; torch.optim.LBFGS hard-codes 1e-10)
+TOLERANCE_YS = 1e-32
+
+
+def _absmax(v) -> float:
+    return float(abs(v).max())
+
+
+def _abssum(v) -> float:
+    return float(abs(v).sum())
+
+
+def _stack_row(rows, v):
+    """``rows [m, n]`` with ``v [n]`` appended (NumPy or torch); ``rows`` None starts a new stack."""
+    if isinstance(v, torch.Tensor):
+        return v[None].clone() if rows is None else torch.cat([rows, v[None]])
+    return v[None].copy() if rows is None else np.vstack([rows, v[None]])
+
+
+def _vector(values: np.ndarray, like):
+    """``values`` (a small NumPy vector) as a 1-D array of ``like``'s kind, dtype and device."""
+    if isinstance(like, torch.Tensor):
+        return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    return np.asarray(values, dtype=like.dtype)
+
+
+def _host(v) -> np.ndarray:
+    """A small vector (a product with the stored pairs) as float64 NumPy, for the small-matrix algebra."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(v, dtype=np.float64)
 
 
 def _cubic_min(x1: float, f1: float, g1: float, x2: float, f2: float, g2: float,
@@ -56,7 +97,7 @@ def strong_wolfe(fun: Objective, x: np.ndarray, t: float, d: np.ndarray, f: floa
     Returns ``(f_new, g_new, t, evaluations)`` for a step ``t`` that satisfies the strong Wolfe
     conditions (or the best point found when the search runs out of evaluations or interval).
     """
-    d_norm = float(np.abs(d).max())
+    d_norm = _absmax(d)
     f_new, g_new = fun(x + t * d)
     evals = 1
     gtd_new = float(g_new @ d)
@@ -132,16 +173,29 @@ class LBFGS:
         tolerance_grad, tolerance_change: stop a step when ``max |g| <= tolerance_grad``, or when the
             step, its slope or the change of the loss falls below ``tolerance_change``.
         history_size: curvature pairs kept.
+        tolerance_ys: keep a pair ``(s, y)`` only when ``y.s`` exceeds this (see the module docstring).
+        line_search_tolerance: the line search stops zooming when its bracket times ``max |d|`` is below
+            this (default ``tolerance_change``; torch hard-codes 1e-9, which stalls fits near RMSE 1e-10).
+        restart: when the stored pairs yield a direction that is not a descent direction, forget them and
+            take a steepest-descent step instead of ending the step (torch ends it, and stalls there for
+            good); ``restarts`` counts how often that happened. ``False`` behaves like torch.
 
-    ``step(fun, x)`` takes ``fun(x) -> (loss, gradient)`` (a float and an array shaped like ``x``; the
-    array must be a fresh one, not a buffer reused by the next call) and the current point, and returns
-    ``(x_new, loss_at_start, loss_new, gradient_new, evaluations)``.
+    ``step(fun, x)`` takes ``fun(x) -> (loss, gradient)`` (a float and an array shaped like ``x``, NumPy
+    or torch; the array must be a fresh one, not a buffer reused by the next call) and the current point
+    ``x [n]``, and returns ``(x_new, loss_at_start, loss_new, gradient_new, evaluations)``.
     """
 
     def __init__(self, lr: float = 1.0, max_iter: int = 20, max_eval: int | None = None,
-                 tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100):
+                 tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,
+                 tolerance_ys: float = TOLERANCE_YS, line_search_tolerance: float | None = None,
+                 restart: bool = True):
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
+        if not tolerance_ys >= 0:
+            raise ValueError(f"tolerance_ys must be >= 0, got {tolerance_ys}")
+        self.tolerance_ys = float(tolerance_ys)
+        self.restart, self.restarts = bool(restart), 0
+        self.line_search_tolerance = tolerance_change if line_search_tolerance is None else float(line_search_tolerance)
         self.lr, self.max_iter = float(lr), int(max_iter)
         self.max_eval = int(max_eval) if max_eval is not None else max_iter * 5 // 4
         self.tolerance_grad, self.tolerance_change = tolerance_grad, tolerance_change
@@ -150,68 +204,74 @@ class LBFGS:
         self.func_evals = 0
         self.d: np.ndarray | None = None
         self.t: float | None = None
-        # the curvature pairs, oldest first: rows of S (s_i = x_{i+1} - x_i) and Y (y_i = g_{i+1} - g_i),
-        # ro_i = 1 / (y_i . s_i), and the products SY[i][j] = s_i . y_j (Python floats)
+        # the curvature pairs, oldest first: rows of S (s_i = x_{i+1} - x_i) and Y (y_i = g_{i+1} - g_i), and
+        # their small products SY[i, j] = s_i . y_j and YY[i, j] = y_i . y_j (float64 NumPy, [m, m])
         self.S: np.ndarray | None = None
         self.Y: np.ndarray | None = None
-        self.ro: list[float] = []
-        self.SY: list[list[float]] = []
+        self.SY = np.zeros((0, 0))
+        self.YY = np.zeros((0, 0))
         self.H_diag = 1.0
         self.prev_grad: np.ndarray | None = None
 
+    def forget(self) -> None:
+        """Drop the stored curvature pairs (``fit`` calls this after a grid update, which changes the loss
+        under them); the next iteration takes a steepest-descent step. Counters and the last step are kept."""
+        self._forget()
+
     def _forget(self) -> None:
         self.S = self.Y = None
-        self.ro, self.SY, self.H_diag = [], [], 1.0
+        self.SY, self.YY, self.H_diag = np.zeros((0, 0)), np.zeros((0, 0)), 1.0
+
+    @property
+    def pairs(self) -> int:
+        """The number of curvature pairs stored."""
+        return len(self.SY)
 
     def _remember(self, s: np.ndarray, y: np.ndarray, ys: float) -> None:
         """Add the pair (s, y), dropping the oldest one beyond ``history_size``."""
-        if self.S is None:
-            self.S = np.empty((0, s.size), dtype=s.dtype)
-            self.Y = np.empty((0, s.size), dtype=s.dtype)
-        if len(self.ro) == self.history_size:
+        if self.S is not None and self.pairs == self.history_size:
             self.S, self.Y = self.S[1:], self.Y[1:]
-            self.ro.pop(0)
-            self.SY = [row[1:] for row in self.SY[1:]]
-        s_y = (self.Y @ s).tolist()  # s . y_j for the kept pairs j
-        y_s = (self.S @ y).tolist()  # s_i . y for the kept pairs i
-        for row, v in zip(self.SY, y_s):
-            row.append(v)
-        self.SY.append(s_y + [ys])
-        self.S = np.vstack([self.S, s[None]])
-        self.Y = np.vstack([self.Y, y[None]])
-        self.ro.append(1.0 / ys)
+            self.SY, self.YY = self.SY[1:, 1:], self.YY[1:, 1:]
+        m = self.pairs
+        SY, YY = np.empty((m + 1, m + 1)), np.empty((m + 1, m + 1))
+        SY[:m, :m], YY[:m, :m] = self.SY, self.YY
+        if m:
+            SY[:m, m] = _host(self.S @ y)  # s_i . y
+            SY[m, :m] = _host(self.Y @ s)  # s . y_j
+            YY[:m, m] = YY[m, :m] = _host(self.Y @ y)
+        SY[m, m], YY[m, m] = ys, float(y @ y)
+        self.SY, self.YY = SY, YY
+        self.S = _stack_row(self.S, s)
+        self.Y = _stack_row(self.Y, y)
 
     def _direction(self, g: np.ndarray) -> np.ndarray:
-        """``-H g`` by the two-loop recursion over the stored pairs.
+        """``-H g`` for the L-BFGS inverse-Hessian estimate ``H`` of the stored pairs.
 
-        The loops are the textbook ones (Nocedal & Wright, Algorithm 7.4), with every dot product of a
-        stored vector and the running vector expanded into ``S @ g`` or ``Y @ r`` (one matrix-vector
-        product each) plus scalar corrections from ``SY``: the same arithmetic in exact numbers, with
-        four array operations per iteration instead of ~4 per stored pair.
+        ``H`` is the matrix of the textbook two-loop recursion (Nocedal & Wright, Algorithm 7.4), written in
+        the compact form of Byrd, Nocedal & Schnabel (1994, eq. 2.6): with ``R`` the upper triangle of
+        ``SY``, ``D`` its diagonal and ``gamma = H_diag``,
+
+            H g = gamma g + S^T R^{-T} ((D + gamma YY) u - gamma Y g) - gamma Y^T u,   u = R^{-1} S g,
+
+        that is, two products with the stored vectors each way and two small triangular solves: a few
+        array operations whatever the history size (the two-loop recursion needs ~4 per stored pair).
         """
-        m = len(self.ro)
+        m = self.pairs
         if m == 0:
             return -g * self.H_diag
-        SY, ro = self.SY, self.ro
-        sq = (-(self.S @ g)).tolist()  # s_i . q_0 with q_0 = -g
-        al = [0.0] * m
-        for i in range(m - 1, -1, -1):  # s_i . q_i = s_i . q_0 - sum_{j > i} al_j s_i . y_j
-            row = SY[i]
-            al[i] = ro[i] * (sq[i] - sum(al[j] * row[j] for j in range(i + 1, m)))
-        r = (-g - np.asarray(al, dtype=g.dtype) @ self.Y) * self.H_diag
-        yr = (self.Y @ r).tolist()
-        c = [0.0] * m  # al_j - be_j
-        for i in range(m):  # y_i . r_i = y_i . r_0 + sum_{j < i} c_j s_j . y_i
-            be = ro[i] * (yr[i] + sum(c[j] * SY[j][i] for j in range(i)))
-            c[i] = al[i] - be
-        return r + np.asarray(c, dtype=g.dtype) @ self.S
+        gamma = self.H_diag
+        R = np.triu(self.SY)
+        u = solve_triangular(R, _host(self.S @ g), lower=False, check_finite=False)
+        w = np.diag(self.SY) * u + gamma * (self.YY @ u) - gamma * _host(self.Y @ g)
+        p = solve_triangular(R, w, lower=False, trans="T", check_finite=False)
+        return -(gamma * g + _vector(p, g) @ self.S - gamma * (_vector(u, g) @ self.Y))
 
     def step(self, fun: Objective, x: np.ndarray):
         loss, g = fun(x)
         orig_loss = loss
         evals = 1
         self.func_evals += 1
-        if float(np.abs(g).max()) <= self.tolerance_grad:
+        if _absmax(g) <= self.tolerance_grad:
             return x, orig_loss, loss, g, evals
         d, t = self.d, self.t
         it = 0
@@ -225,25 +285,95 @@ class LBFGS:
                 y = g - self.prev_grad
                 s = d * t
                 ys = float(y @ s)
-                if ys > 1e-10:  # keep the pair only if it carries positive curvature
+                if ys > self.tolerance_ys:  # keep the pair only if it carries positive curvature
                     self._remember(s, y, ys)
                     self.H_diag = ys / float(y @ y)
                 d = self._direction(g)
             self.prev_grad = g
             prev_loss = loss
-            t = min(1.0, 1.0 / float(np.abs(g).sum())) * self.lr if self.n_iter == 1 else self.lr
+            t = min(1.0, 1.0 / _abssum(g)) * self.lr if self.n_iter == 1 else self.lr
             gtd = float(g @ d)
+            if gtd > -self.tolerance_change and self.S is not None and self.restart:
+                # The stored pairs no longer give a descent direction (near a minimum their y.s are at
+                # rounding level, or a grid update changed the loss under them). torch breaks here, and
+                # since the next step rebuilds the same direction from the same pairs, training stalls
+                # for good. Forget them and take a steepest-descent step, as at the first iteration.
+                self._forget()
+                self.restarts += 1
+                d = -g
+                t = min(1.0, 1.0 / _abssum(g)) * self.lr
+                gtd = float(g @ d)
             if gtd > -self.tolerance_change:  # not a descent direction (or a negligible one)
                 break
-            loss, g, t, ls_evals = strong_wolfe(fun, x, t, d, loss, g, gtd, max_ls=self.max_eval - evals)
+            # torch's line search ends its zoom once the bracket times max|d| is below a hard-coded 1e-9;
+            # near a good fit the steps are that small, the search returns t = 0, and LBFGS stalls (a
+            # symbolic model stopped at RMSE 4e-11). Here it defaults to the optimizer's tolerance_change.
+            loss, g, t, ls_evals = strong_wolfe(fun, x, t, d, loss, g, gtd, tolerance_change=self.line_search_tolerance,
+                                                max_ls=self.max_eval - evals)
             x = x + t * d
             evals += ls_evals
             self.func_evals += ls_evals
             if it == self.max_iter or evals >= self.max_eval:
                 break
-            if float(np.abs(g).max()) <= self.tolerance_grad:
+            if _absmax(g) <= self.tolerance_grad:
                 break
-            if float(np.abs(d * t).max()) <= self.tolerance_change or abs(loss - prev_loss) < self.tolerance_change:
+            if _absmax(d * t) <= self.tolerance_change or abs(loss - prev_loss) < self.tolerance_change:
                 break
         self.d, self.t = d, t
         return x, orig_loss, loss, g, evals
+
+
+class TorchLBFGS(torch.optim.Optimizer):
+    """:class:`LBFGS` as a ``torch.optim.Optimizer``: a drop-in for ``torch.optim.LBFGS(...,
+    line_search_fn="strong_wolfe")`` with a settable ``tolerance_ys``.
+
+    ``step(closure)``: the closure clears the gradients, computes the loss, calls ``backward()`` and
+    returns the loss (as for torch's LBFGS); the parameters (those with ``requires_grad``, on any one
+    device) are read into one flat vector, optimised, and written back. Returns the loss at the start of
+    the step. Parameters without a gradient count as having a zero one.
+    """
+
+    def __init__(self, params, lr: float = 1.0, max_iter: int = 20, max_eval: int | None = None,
+                 tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,
+                 tolerance_ys: float = TOLERANCE_YS):
+        defaults = dict(lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
+                        tolerance_change=tolerance_change, history_size=history_size, tolerance_ys=tolerance_ys)
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError("TorchLBFGS takes one parameter group (as torch.optim.LBFGS does)")
+        self.core = LBFGS(lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
+                          tolerance_change=tolerance_change, history_size=history_size, tolerance_ys=tolerance_ys)
+
+    def forget(self) -> None:
+        """See :meth:`LBFGS.forget`."""
+        self.core.forget()
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for p in self.param_groups[0]["params"] if p.requires_grad]
+
+    @torch.no_grad()
+    def _write(self, params, v) -> None:
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.copy_(v[offset:offset + n].view_as(p))
+            offset += n
+
+    def step(self, closure):  # noqa: D102 - documented on the class
+        if closure is None:
+            raise ValueError("TorchLBFGS.step needs a closure that computes the loss and its gradient")
+        self.core.lr = float(self.param_groups[0]["lr"])
+        params = self._params()
+
+        def fun(v):
+            self._write(params, v)
+            with torch.enable_grad():
+                loss = closure()
+            grads = [torch.zeros_like(p).view(-1) if p.grad is None else p.grad.reshape(-1) for p in params]
+            return float(loss.detach() if isinstance(loss, torch.Tensor) else loss), torch.cat(grads).clone()
+
+        with torch.no_grad():
+            x0 = torch.cat([p.detach().reshape(-1) for p in params])
+        x, orig_loss, _, _, _ = self.core.step(fun, x0)
+        self._write(params, x)
+        return torch.tensor(orig_loss)
