@@ -117,6 +117,27 @@ def test_adaptive_grid_blends_uniform_and_quantiles():
     assert (quant[1:] >= quant[:-1]).all()
 
 
+def test_adaptive_grid_smooths_the_sample_quantiles():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1000, 1, generator=gen, dtype=torch.float64) * 2 - 1  # uniform data: ideal knots are uniform
+    G, k = 50, 3
+    plain = adaptive_grid(x, G, k, grid_eps=0.0, quantile_samples=1)[0, k:k + G + 1]
+    smooth = adaptive_grid(x, G, k, grid_eps=0.0)[0, k:k + G + 1]
+    spread = {name: (g.diff().max() / g.diff().min()).item() for name, g in (("plain", plain), ("smooth", smooth))}
+    assert spread["plain"] > 3, spread  # 20 samples per interval: some intervals are several times wider
+    assert spread["smooth"] < 1.3, spread  # 4 segments of 250 samples: within a few percent of uniform
+    # the smoothed knots still follow a skewed sample: denser where the data are
+    skew = torch.randn(1000, 1, generator=gen, dtype=torch.float64).abs()
+    g = adaptive_grid(skew, 20, k, grid_eps=0.0)[0, k:k + 21]
+    assert g.diff()[:5].mean() < 0.5 * g.diff()[-5:].mean()
+    # many samples: one quantile probability per 250 samples, the plain quantiles once N >= 250 G
+    many = torch.rand(250 * 8, 1, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(adaptive_grid(many, 8, k, grid_eps=0.0),
+                               adaptive_grid(many, 8, k, grid_eps=0.0, quantile_samples=1))
+    with pytest.raises(ValueError, match="quantile_samples"):
+        adaptive_grid(x, G, k, quantile_samples=0)
+
+
 def test_curve_to_coef_recovers_coefficients_and_coef_to_curve_inverts():
     gen = torch.Generator().manual_seed(0)
     grid = uniform_grid(8, 3, dtype=torch.float64).expand(3, -1).contiguous()
