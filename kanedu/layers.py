@@ -232,8 +232,9 @@ class KANLayer(nn.Module):
         B = bspline_basis(x, self.grid, self.spline_order)  # [N, in, n]
         return torch.einsum("nim,iom->nio", B, self.coef)
 
-    def edge_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-edge values ``phi_ij(x_i)`` including the mask and symbolic edges: ``x [..., in]`` -> ``[..., out, in]``.
+    def edge_activations(self, x: torch.Tensor, symbolic: bool = True) -> torch.Tensor:
+        """Per-edge values ``phi_ij(x_i)`` including the mask: ``x [..., in]`` -> ``[..., out, in]``, with the
+        symbolic edges' values added (``symbolic=False``: the numeric edges only).
 
         For plots, pruning and regularization; built only when asked (the forward pass never does).
         Differentiable (dense bases from ``bspline_basis``, not the fast kernel).
@@ -243,7 +244,7 @@ class KANLayer(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         phi = self.scale_base * self._base(x2).unsqueeze(-1) + self.scale_spline * self.spline_values(x2)
         phi = phi * self.mask  # [N, in, out]
-        if self.symbolic is not None:
+        if symbolic and self.symbolic is not None:
             phi = phi + self.symbolic.edge_values(x2)
         return phi.transpose(1, 2).reshape(*lead, self.out_features, self.in_features)
 

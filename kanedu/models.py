@@ -5,7 +5,7 @@ the operations of the KAN paper (Liu et al. 2024, arXiv 2404.19756):
 
 * ``update_grid(x)``: adapt every layer's grid to the activations that ``x`` produces;
 * ``refine(G, x)``: grid extension, returning a new model with ``G`` intervals per spline;
-* ``regularization_loss(x)``: the paper's sparsity penalty (L1 of edge scales + entropy);
+* ``regularization_loss(x)``: the paper's sparsity penalty (L1 of edge scales + entropy, as pykan computes it);
 * ``attribution(x)`` and ``prune(x)``: score nodes/edges by how much of the output flows through
   them and return a smaller KAN;
 * multiplication nodes (KAN 2.0): ``KAN([2, [0, 1], 1])`` has a hidden node that multiplies two sums.
@@ -186,61 +186,85 @@ class KAN(nn.Module):
 
     # ---- regularization, attribution, pruning -------------------------------------------------------
 
-    def edge_scales(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-layer ``|phi_ji|_1 = mean_n |phi_ji(x_i^(n))|``, each ``[out, in]`` (``out`` counts subnodes;
-        differentiable)."""
-        scales, h = [], x.reshape(-1, self.widths[0])
+    def edge_statistics(self, x: torch.Tensor, symbolic: bool = True):
+        """Per layer ``l``, on the samples ``x [N, widths[0]]`` (differentiable):
+
+        * ``input_std[l] [in]``: ``std_n x_i`` of the layer's inputs;
+        * ``edge_std[l] [out, in]``: ``std_n phi_ji(x_i)``, the spread of each edge's output
+          (``symbolic=False`` leaves symbolic edges out, as pykan's regularization does);
+        * ``node_std[l] [out]``: ``std_n sum_i phi_ji(x_i)``, the spread of what each output (subnode) adds up.
+
+        Standard deviations are unbiased (``torch.std``), as in pykan. ``out`` counts subnodes.
+        """
+        h = x.reshape(-1, self.widths[0])
+        inputs, edges, nodes = [], [], []
         for l, layer in enumerate(self.layers):
             phi = layer.edge_activations(h)  # [N, out, in]
-            scales.append(phi.abs().mean(0))
-            h = self.nodes(l + 1, phi.sum(-1))
-        return scales
+            numeric = phi if symbolic or layer.symbolic is None else layer.edge_activations(h, symbolic=False)
+            total = phi.sum(-1)
+            inputs.append(h.std(0))
+            edges.append(numeric.std(0))
+            nodes.append(total.std(0))
+            h = self.nodes(l + 1, total)
+        return inputs, edges, nodes
 
-    def regularization_loss(self, x: torch.Tensor, l1: float = 1.0, entropy: float = 2.0, coef: float = 0.0,
-                            coef_diff: float = 0.0) -> torch.Tensor:
-        """The KAN paper's sparsity regularization on inputs ``x [N, widths[0]]`` (a scalar).
+    def regularization_loss(self, x: torch.Tensor, lamb_l1: float = 1.0, lamb_entropy: float = 2.0,
+                            lamb_coef: float = 0.0, lamb_coefdiff: float = 0.0) -> torch.Tensor:
+        """The KAN paper's sparsity regularization on inputs ``x [N, widths[0]]``, computed as pykan does
+        (its default ``reg_metric="edge_forward_spline_n"``); a differentiable scalar.
 
-        Per layer: ``l1 * sum_ij |phi_ij|_1 + entropy * S`` with ``S = -sum_ij p_ij log p_ij`` and
-        ``p_ij = |phi_ij|_1 / sum |phi|_1``; optionally ``coef * mean|c|`` and ``coef_diff * mean|c_{m+1} - c_m|``
-        (smoothness of the spline coefficients). Builds per-edge tensors: only call it when ``lamb > 0``.
+        Per layer, every edge gets the scale ``s_ji = std_n phi_ji(x_i) / (std_n x_i + 0.1)`` (numeric
+        edges only), and the layer adds
+
+            lamb_l1 * sum_ji s_ji + lamb_entropy * (H_rows + H_cols),
+            H_rows = -mean_j sum_i p_ji log2(p_ji + 1e-4),   p_ji = s_ji / (sum_i s_ji + 1),
+
+        (``H_cols`` the same with the roles of ``i`` and ``j`` swapped): the L1 term makes every edge
+        pay for its size, the entropy terms are small when a node's inputs (or an input's outputs) are
+        dominated by a few edges. ``lamb_coef * sum_i mean_o sum_m |c_iom|`` and
+        ``lamb_coefdiff * sum_i mean_o sum_m |c_io,m+1 - c_iom|`` penalise the spline coefficients and their
+        roughness. The ``+ 0.1`` and ``+ 1`` keep tiny inputs and edges from dividing by zero (pykan's
+        constants). Builds per-edge tensors: ``fit`` calls it only when ``lamb > 0``.
         """
+        inputs, edges, _ = self.edge_statistics(x, symbolic=False)
         total = x.new_zeros(())
-        for layer, scale in zip(self.layers, self.edge_scales(x)):
-            s = scale.sum()
-            p = scale / (s + 1e-12)
-            total = total + l1 * s + entropy * -(p * torch.log(p + 1e-12)).sum()
-            if coef:
-                total = total + coef * layer.coef.abs().mean()
-            if coef_diff:
-                total = total + coef_diff * layer.coef.diff(dim=-1).abs().mean()
+        for layer, sd_in, sd_edge in zip(self.layers, inputs, edges):
+            s = sd_edge / (sd_in + 0.1)  # [out, in]
+            p_row = s / (s.sum(1, keepdim=True) + 1)
+            p_col = s / (s.sum(0, keepdim=True) + 1)
+            h_row = -(p_row * torch.log2(p_row + 1e-4)).sum(1).mean()
+            h_col = -(p_col * torch.log2(p_col + 1e-4)).sum(0).mean()
+            total = total + lamb_l1 * s.sum() + lamb_entropy * (h_row + h_col)
+            if lamb_coef:
+                total = total + lamb_coef * layer.coef.abs().mean(1).sum()
+            if lamb_coefdiff:
+                total = total + lamb_coefdiff * layer.coef.diff(dim=-1).abs().mean(1).sum()
         return total
 
     @torch.no_grad()
     def attribution(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """How much of the output flows through each node and edge, measured on samples ``x``.
+        """How much of the output flows through each node and edge, measured on samples ``x`` (KAN 2.0's
+        attribution scores, computed as pykan's ``attribute()``; Liu et al. 2024b, arXiv 2408.10205).
 
-        An edge's share of node ``j`` is its output's spread, ``std_n phi_ji(x_i)``, over the summed
-        spread of all edges into ``j``. Output nodes score 1; walking backwards, an edge scores its
-        share times the score of the node it feeds, and a node scores the sum over its outgoing edges.
+        Each output node scores ``1 / n_outputs``. Walking backwards, the edge ``i -> j`` scores
+        ``std_n phi_ji(x_i) / std_n (sum_i phi_ji(x_i)) * score_j``, its spread relative to the spread
+        of the sum it feeds, times that node's score; a node scores the sum over its outgoing edges.
         Each subnode of a multiplication node scores as much as the node (a product needs every factor).
+        Scores are not shares: edges that cancel each other can make a node score above 1.
 
         Returns:
             ``(node_scores, edge_scores)``: ``node_scores[l]`` is ``[widths[l]]`` for ``l = 0..L``,
             ``edge_scores[l]`` is ``[subnodes(l+1), widths[l]]`` (``[widths[l+1], widths[l]]`` without
             multiplication nodes).
         """
-        spreads, h = [], x.reshape(-1, self.widths[0])
-        for l, layer in enumerate(self.layers):
-            phi = layer.edge_activations(h)
-            spreads.append(phi.std(0, unbiased=False) if phi.shape[0] > 1 else phi.abs().mean(0))
-            h = self.nodes(l + 1, phi.sum(-1))
+        _, edges, nodes = self.edge_statistics(x)
         node = [None] * (len(self.layers) + 1)
         edge = [None] * len(self.layers)
-        node[-1] = torch.ones(self.widths[-1], dtype=h.dtype, device=h.device)
+        out = self.widths[-1]
+        node[-1] = torch.full((out,), 1.0 / out, dtype=edges[-1].dtype, device=edges[-1].device)
         for l in range(len(self.layers) - 1, -1, -1):
-            share = spreads[l] / (spreads[l].sum(1, keepdim=True) + 1e-12)
             sub = node[l + 1][self.subnode_to_node(l + 1).to(node[l + 1].device)]
-            edge[l] = share * sub.unsqueeze(1)
+            edge[l] = edges[l] * (sub / (nodes[l] + 1e-4)).unsqueeze(1)
             node[l] = edge[l].sum(0)
         return node, edge
 
