@@ -50,8 +50,10 @@ def test_a_product_is_learned_with_one_multiplication_node():
     x, y = product_data()
     xt, yt = product_data(seed=9)
     m = KAN([2, [0, 1], 1], grid_size=5, seed=0).double()
+    # without grid updates: with fit's default (pykan's) updates in the first 50 steps this model
+    # settles at a test RMSE of 3e-2 instead (measured), a worse basin found early
     h = fit(m, {"train_input": x, "train_label": y, "test_input": xt, "test_label": yt}, opt="LBFGS",
-            steps=200, progress=False)
+            steps=200, update_grid=False, progress=False)
     assert h.meta["engine"] == "torch"  # the fused engine does not take multiplication nodes
     assert h.last["test_rmse"] < 5e-3  # measured 1.5e-3 (the labels' RMS is 0.33)
 

@@ -424,7 +424,7 @@ class FakeKAN(nn.Module):
     def update_grid(self, x):
         self.grid_updates.append({"step": self.train_forwards, "rows": len(x), "grad": torch.is_grad_enabled()})
 
-    def regularization_loss(self, x):
+    def regularization_loss(self, x, **weights):
         self.reg_batches.append(len(x))
         return sum(p.abs().sum() for p in self.parameters())
 
@@ -440,6 +440,18 @@ def test_grid_update_schedule(update_grid, stop, expected):
         progress=False)
     assert [u["step"] for u in model.grid_updates] == expected
     assert all(u["rows"] == 256 and not u["grad"] for u in model.grid_updates)
+
+
+def test_fit_updates_kan_grids_by_default_on_pykans_schedule():
+    model = FakeKAN()  # any model with update_grid: every 5 steps below step 50, as pykan's model.fit does
+    fit(model, sine_data(), opt="Adam", steps=60, progress=False)
+    assert [u["step"] for u in model.grid_updates] == list(range(0, 50, 5))
+    model = FakeKAN()
+    fit(model, sine_data(), opt="Adam", steps=60, grid_update_num=5, stop_grid_update_step=20, progress=False)
+    assert [u["step"] for u in model.grid_updates] == [0, 4, 8, 12, 16]
+    fit(mlp(), sine_data(), opt="Adam", steps=2, progress=False)  # no update_grid: nothing to update, no error
+    with pytest.raises(ValueError, match="grid_update_num"):
+        fit(FakeKAN(), sine_data(), steps=1, grid_update_num=0, progress=False)
 
 
 def test_grid_update_uses_a_subsample_of_large_training_sets(monkeypatch):
@@ -647,6 +659,19 @@ def test_configure_cpu_sets_threads_and_denormal_mode():
     assert info.flush_denormal and denormals_left() == 0
     info = configure_cpu(threads=2, flush_denormal=False)
     assert not info.flush_denormal and denormals_left() == 1 << 18
+
+
+def test_configure_cpu_honours_an_explicit_omp_num_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert configure_cpu().threads == 1 == torch.get_num_threads()
+        assert configure_cpu(threads=2).threads == 2  # an explicit argument still wins
+        monkeypatch.setenv("OMP_NUM_THREADS", "two")
+        with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
+            configure_cpu()
+    finally:
+        torch.set_num_threads(before)
 
 
 _FAULTS = """
