@@ -8,17 +8,20 @@ where torch hard-codes ``1e-10``. Near a good fit the loss, its gradient differe
 ``G = 10`` on, torch drops every pair, and L-BFGS degrades to scaled gradient steps (the test RMSE of
 ``[2, 1, 1]`` then stalls near ``1e-4`` from ``G = 20`` to ``50``). ``y.s > 0`` is what the method needs
 (it keeps the inverse-Hessian estimate positive definite); the tiny positive threshold only guards
-against rounding. The rest: the two-loop recursion over the last ``history_size`` pairs, an initial step ``min(1, 1/|g|_1) * lr`` on the very
-first iteration and ``lr`` after it, a bracketing phase that extrapolates by cubic interpolation within
-``[t + 0.01 (t - t_prev), 10 t]``, and a zoom phase that bisects by safeguarded cubic interpolation
-(Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithms 3.5 and 3.6, with ``c1 = 1e-4``,
-``c2 = 0.9``). A ``step`` runs up to ``max_iter`` iterations and ``max_eval`` function evaluations
-(the line search may use what is left of them),
-and the state (direction, step, history) carries over from one ``step`` to the next, as in torch.
+against rounding. Two more departures from torch, both for the same regime: the line search zooms down to
+the optimizer's ``tolerance_change`` (torch: a hard-coded 1e-9), and a step whose stored pairs give no
+descent direction restarts from steepest descent (torch ends the step, and stalls). The rest is torch's:
+the inverse-Hessian estimate of the last ``history_size`` pairs, an initial step ``min(1, 1/|g|_1) * lr``
+on the very first iteration and ``lr`` after it, a bracketing phase that extrapolates by cubic
+interpolation within ``[t + 0.01 (t - t_prev), 10 t]``, and a zoom phase that bisects by safeguarded cubic
+interpolation (Nocedal & Wright, *Numerical Optimization*, 2nd ed., Algorithms 3.5 and 3.6, with
+``c1 = 1e-4``, ``c2 = 0.9``). A ``step`` runs up to ``max_iter`` iterations and ``max_eval`` function
+evaluations (the line search may use what is left of them), and the state (direction, step, history)
+carries over from one ``step`` to the next, as in torch.
 
-Why our own implementation: torch's threshold cannot be changed, and a KAN like ``[2, 5, 1]`` has a few hundred parameters, so every
-iteration of torch's optimizer is dominated by the fixed cost of its ~50 small tensor operations
-(clone, copy and add per parameter tensor, dot products that return tensors). On one flat float64
+Why our own implementation: torch's constants cannot be changed, and a KAN like ``[2, 5, 1]`` has a few
+hundred parameters, so every iteration of torch's optimizer is dominated by the fixed cost of its ~50
+small tensor operations (clone, copy and add per parameter tensor, dot products that return tensors). On one flat float64
 NumPy vector the same arithmetic costs a few microseconds per operation, which matters when one
 training run makes thousands of evaluations (lesson 04's grid-extension staircase makes ~6,000).
 

@@ -911,7 +911,8 @@ class SymbolicReport(list):
                 note = "ambiguous: " + ", ".join(f"{c.name} ({c.score:.2f})" for c in self.suggestions[(l, i, j)][:3])
             lines.append(f"{str((l, i, j)):<16}{name:<10}{r2:>12.8f}  {note}")
         for e, s in self.skipped.items():
-            lines.append(f"{str(e):<16}{'numeric':<10}{s[0].r2:>12.8f}  skipped (best: {s[0].name})")
+            why = "ambiguous" if e in self.ambiguous else "no candidate fits"
+            lines.append(f"{str(e):<16}{'numeric':<10}{s[0].r2:>12.8f}  left numeric: {why} (best: {s[0].name})")
         return "\n".join(lines)
 
 
@@ -970,6 +971,13 @@ def auto_symbolic(model, x: torch.Tensor | None = None, lib=None, r2_threshold: 
             report.append((l, e[1], e[2], best.name, best.r2))
             if verbose:
                 print(f"fixing {e} with {best.name}, r2={best.r2:.6f}" + ("  (ambiguous)" if s.ambiguous else ""))
+    numeric = {e: s for e, s in report.skipped.items() if e not in report.ambiguous}
+    if numeric:
+        desc = "; ".join(f"{e}: best {s[0].name} with r2 {s[0].r2:.4f}" for e, s in numeric.items())
+        warnings.warn(f"auto_symbolic left {len(numeric)} edge(s) numeric, since no candidate reached "
+                      f"r2_threshold={r2_threshold}: {desc}. See report.skipped; symbolic_formula needs every "
+                      "active edge symbolic (fix them by hand with fix_symbolic, prune them, or widen lib).",
+                      stacklevel=2)
     if report.ambiguous:
         desc = "; ".join(f"{e}: " + ", ".join(f"{c.name} {c.score:.2f}" for c in s[:3])
                          for e, s in report.ambiguous.items())

@@ -215,7 +215,8 @@ def configure_cpu(threads: int | None = None, flush_denormal: bool = True,
 
     ``threads=None`` uses ``$OMP_NUM_THREADS`` when it is set (so a whole run, notebooks included, can be
     pinned from outside: ``OMP_NUM_THREADS=1 make test``), else the CPUs this process may run on (its
-    affinity mask, capped by a container CPU quota), at most 8: small KAN/MLP ops stop scaling well before that. Use ``threads=1`` when
+    affinity mask, capped by a container CPU quota), at most 8: small KAN/MLP ops stop scaling well before
+    that. Use ``threads=1`` when
     other processes share the cores (e.g. parallel test workers): a parallel op waits for its
     slowest thread, and a preempted one made small fits ~100x slower on a busy 2-core machine.
 

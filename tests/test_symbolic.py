@@ -192,6 +192,25 @@ def test_noisy_labels_make_candidates_ambiguous_and_the_api_says_so():
     assert len(report) == 0 and (0, 0, 0) in report.skipped and not symbolic_edges(model2)
 
 
+def test_auto_symbolic_leaves_an_edge_numeric_only_when_no_candidate_fits_and_says_so():
+    x = torch.linspace(-1, 1, 200, dtype=D)[:, None]
+    ds = {"train_input": x, "train_label": torch.sin(6 * x) * torch.exp(-x), "test_input": x,
+          "test_label": torch.sin(6 * x) * torch.exp(-x)}
+    model = KAN([1, 1], grid_size=10, seed=0, dtype=D)
+    fit(model, ds, steps=20, progress=False, seed=0)
+    with pytest.warns(UserWarning, match=r"left 1 edge\(s\) numeric.*no candidate reached r2_threshold"):
+        report = auto_symbolic(model, x, lib=["x", "x^2"])
+    assert len(report) == 0 and (0, 0, 0) in report.skipped and not symbolic_edges(model)
+    assert "left numeric: no candidate fits" in repr(report)
+    # with the function in the library, the same edge snaps (no warning about numeric edges)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fit(model, {**ds, "train_label": torch.exp(0.7 * x), "test_label": torch.exp(0.7 * x)}, steps=20,
+            progress=False, seed=0)
+        report = auto_symbolic(model, x, lib=["x", "x^2", "exp"])
+    assert [name for *_, name, _ in report] == ["exp"] and not report.skipped
+
+
 # --------------------------------------------------------------------------------------------------
 # symbolic edges inside the model
 # --------------------------------------------------------------------------------------------------
@@ -311,54 +330,77 @@ def _check_recovered(model, ds, truth):
     return f
 
 
-def _sparse_pruned(ds, widths, seed, lamb=1e-2, node_threshold=1e-2):
-    """Train with sparsity regularization, prune, retrain: the KAN paper's first three steps."""
+def _sparse_pruned(ds, widths, seed, lamb=1e-2):
+    """Train with sparsity regularization, prune (library defaults), retrain: the KAN paper's first steps."""
     model = KAN(widths, grid_size=5, seed=seed, dtype=D)
-    fit(model, ds, steps=20, lamb=lamb, update_grid=True, progress=False, seed=0)
-    model = model.prune(ds["train_input"], node_threshold=node_threshold)
-    fit(model, ds, steps=30, update_grid=True, progress=False, seed=0)
+    fit(model, ds, steps=20, lamb=lamb, progress=False, seed=0)
+    model = model.prune(ds["train_input"])
+    fit(model, ds, steps=30, progress=False, seed=0)
     return model
 
 
-def test_recovers_exp_sin_pi_x1_plus_x2_squared():
-    ds = toy_dataset("exp_sin_sq", n_train=200, n_test=500, seed=0, dtype=D)
-    # node_threshold 0.2 keeps the one hidden node this formula needs (lesson 05: recovered on 19 of 20
-    # seeds; with 0.01 a second, weak hidden node often survives and takes arctan/x edges: 3 of 6 seeds)
-    model = _sparse_pruned(ds, [2, 5, 1], seed=0, node_threshold=0.2)
-    assert model.widths == [2, 1, 1]
-    report = auto_symbolic(model, ds["train_input"])
-    assert {name for *_, name, _ in report} >= {"sin", "x^2", "exp"} and not report.skipped
-    fit(model, ds, steps=20, progress=False, seed=0)  # retrain the few affine parameters
-    f = _check_recovered(model, ds, TOY_FUNCTIONS["exp_sin_sq"].sympy_expr)
-    x1, x2 = sympy.symbols("x1 x2")
-    assert f == sympy.exp(sympy.sin(sympy.pi * x1) + x2**2)
+def _recovers(ds, truth, seed, lamb, layerwise):
+    """The whole recipe with the library's defaults; True when the formula is the truth."""
+    model = _sparse_pruned(ds, [2, 5, 1], seed, lamb=lamb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ambiguity warnings are in the report; not the point here
+        if layerwise:  # snap layer by layer, letting the numeric layers above adapt in between
+            for l in range(len(model.layers)):
+                auto_symbolic(model, ds["train_input"], layers=[l])
+                if l < len(model.layers) - 1:
+                    fit(model, ds, steps=10, progress=False, seed=0)
+        else:
+            auto_symbolic(model, ds["train_input"])
+    if symbolic_edges(model) and not any(layer.mask.any() for layer in model.layers):
+        if layerwise:
+            polish_symbolic(model, ds)
+        else:
+            fit(model, ds, steps=20, progress=False, seed=0)  # retrain the few affine parameters
+        (f,) = symbolic_formula(model)
+        if _same(f, truth):
+            _check_recovered(model, ds, truth)  # and the constants and the test error
+            return True
+    return False
+
+
+def _exp_half_x1_plus_tanh_x2(x):
+    return torch.exp(0.5 * x[..., 0] + torch.tanh(x[..., 1]))
+
+
+@pytest.mark.parametrize("target", ["exp_sin_sq", "exp_half_x1_tanh_x2"])
+def test_the_recipe_recovers_the_formula_on_most_seeds(target):
+    # sparsify (lamb = 1e-2) -> prune() -> retrain -> auto_symbolic() -> retrain, library defaults throughout.
+    # Measured: exp(sin(pi x1) + x2^2) on 5 of 5 seeds at 1 and at 2 threads (test RMSE ~6e-16 after
+    # snapping); exp(x1 / 2 + tanh(x2)) on 5 of 5 (its outer edge snaps to exp, its x2 edge to tanh).
+    if target == "exp_sin_sq":
+        ds = toy_dataset("exp_sin_sq", n_train=200, n_test=500, seed=0, dtype=D)
+        truth = TOY_FUNCTIONS[target].sympy_expr
+    else:
+        ds = make_dataset(_exp_half_x1_plus_tanh_x2, n_var=2, n_train=200, n_test=500, seed=0, dtype=D)
+        x1, x2 = sympy.symbols("x1 x2")
+        truth = sympy.exp(x1 / 2 + sympy.tanh(x2))
+    results = {seed: _recovers(ds, truth, seed, lamb=1e-2, layerwise=False) for seed in range(5)}
+    print(f"{truth} recovered on {sum(results.values())} of 5 seeds: {results}")
+    assert sum(results.values()) >= 4, f"{truth}: recovered on {sum(results.values())} of 5 seeds only: {results}"
 
 
 # Harder formulas are snapped layer by layer (retraining the numeric edges still left in between, so they
 # adapt to the exact formulas below them), then polished by Levenberg-Marquardt: LBFGS crawls along the
-# nearly flat valleys such formulas have (c sqrt(u + k) + d mimics sqrt(u + 1) to 1e-5). Seeds: these
-# are seeds for which sparsification leaves the representable structure (others leave two hidden nodes
-# sharing the work, e.g. xy via log/exp, or a [2, 4, 1] net); the tolerances are not relaxed.
+# nearly flat valleys such formulas have (c sqrt(u + k) + d mimics sqrt(u + 1) to 1e-5). Success rates
+# measured over seeds 0-4 at 1 and 2 threads: I.40.1 5/5 and 5/5, I.27.6 5/5 and 4/5, III.10.19 with
+# lamb = 1e-3 5/5 and 5/5 (at lamb = 1e-2 its small output range lets the penalty switch every edge off:
+# 0/5). x1 * x2 through squares needs two hidden nodes, which the penalty prunes to one (0-1 of 5 seeds at
+# lamb 1e-2 and 1e-3): the KAN 2.0 multiplication node is the way to it (tests/test_mult.py).
 RECOVER = [
-    ("xy", [2, 5, 1], 0),  # ((x1 + x2)^2 - (x1^2 + x2^2)) / 2: products through squares
-    ("III.10.19", [2, 5, 1], 2),  # sqrt(1 + x1^2 + x2^2)
-    ("I.40.1", [2, 5, 1], 0),  # x1 exp(-x2) = exp(log x1 - x2)
-    ("I.27.6", [2, 5, 1], 1),  # 1 / (1 + x1 x2) = (1 - tanh((log x1 + log x2) / 2)) / 2
+    ("III.10.19", 1e-3),  # sqrt(1 + x1^2 + x2^2)
+    ("I.40.1", 1e-2),  # x1 exp(-x2) = exp(log x1 - x2)
+    ("I.27.6", 1e-2),  # 1 / (1 + x1 x2) = (1 - tanh((log x1 + log x2) / 2)) / 2
 ]
 
 
-@pytest.mark.parametrize("name, widths, seed", RECOVER)
-def test_recovers_feynman_formulas_and_products(name, widths, seed):
-    if name in FEYNMAN:
-        ds, truth = feynman_dataset(name, n_train=200, n_test=500, seed=0, dtype=D), FEYNMAN[name].sympy_expr
-    else:
-        ds, truth = toy_dataset(name, n_train=200, n_test=500, seed=0, dtype=D), TOY_FUNCTIONS[name].sympy_expr
-    model = _sparse_pruned(ds, widths, seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ambiguity warnings are reported in the report; not the point here
-        for l in range(len(model.layers)):
-            auto_symbolic(model, ds["train_input"], layers=[l])
-            if l < len(model.layers) - 1:  # let the numeric layers above adapt to the exact formulas
-                fit(model, ds, steps=10, progress=False, seed=0)
-    polish_symbolic(model, ds)
-    _check_recovered(model, ds, truth)
+@pytest.mark.parametrize("name, lamb", RECOVER)
+def test_the_recipe_recovers_feynman_formulas_on_most_seeds(name, lamb):
+    ds, truth = feynman_dataset(name, n_train=200, n_test=500, seed=0, dtype=D), FEYNMAN[name].sympy_expr
+    results = {seed: _recovers(ds, truth, seed, lamb=lamb, layerwise=True) for seed in range(3)}
+    print(f"{name} recovered on {sum(results.values())} of 3 seeds: {results}")
+    assert sum(results.values()) >= 2, f"{name}: recovered on {sum(results.values())} of 3 seeds only: {results}"
