@@ -21,9 +21,9 @@ carries over from one ``step`` to the next, as in torch.
 
 Why our own implementation: torch's constants cannot be changed, and a KAN like ``[2, 5, 1]`` has a few
 hundred parameters, so every iteration of torch's optimizer is dominated by the fixed cost of its ~50
-small tensor operations (clone, copy and add per parameter tensor, dot products that return tensors). On one flat float64
-NumPy vector the same arithmetic costs a few microseconds per operation, which matters when one
-training run makes thousands of evaluations (lesson 04's grid-extension staircase makes ~6,000).
+small tensor operations (clone, copy and add per parameter tensor, dot products that return tensors).
+On one flat float64 NumPy vector the same arithmetic costs a few microseconds per operation, which
+matters when one training run makes thousands of evaluations (lesson 04's grid-extension staircase makes ~6,000).
 
 The vectors may be NumPy arrays (the fused engine) or torch tensors on any device (``TorchLBFGS``, the
 ``torch.optim.Optimizer`` that ``fit`` uses for every other model). ``tests/test_fused.py`` checks that
