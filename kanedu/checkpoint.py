@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ._version import __version__
+
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "read", "save"]
 
 FORMAT = "kanedu-checkpoint"
@@ -79,7 +81,6 @@ def save(model: torch.nn.Module, path: str | os.PathLike, extra: dict | None = N
     config = getattr(model, "config", None)
     if not isinstance(config, dict):
         raise ValueError(f"{name} has no .config dict of constructor arguments, so load could not rebuild it")
-    from kanedu import __version__
 
     payload = {
         "format": FORMAT,

@@ -218,6 +218,45 @@ def make_dataset(
     return out
 
 
+def create_dataset(f: Callable, n_var: int = 2, f_mode: str = "col", ranges=(-1, 1), train_num: int = 1000,
+                   test_num: int = 1000, normalize_input: bool = False, normalize_label: bool = False,
+                   device="cpu", seed: int = 0, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """pykan's ``create_dataset`` (``kan.utils``), with its argument names and defaults, built on
+    :func:`make_dataset` (the same draws: ``create_dataset(f, 2, seed=s)`` equals ``make_dataset(f, 2, seed=s)``).
+
+    ``f`` maps ``x [N, n_var]`` to ``[N, 1]`` (pykan's ``f_mode="col"``, e.g. ``lambda x: x[:, [0]] * x[:, [1]]``)
+    or, with ``f_mode="row"``, ``x.T [n_var, N]`` to ``[1, N]``. ``normalize_input`` / ``normalize_label``
+    standardise each column by the mean and standard deviation of the *training* split (test too).
+    """
+    if f_mode not in ("col", "row"):
+        raise ValueError(f"f_mode must be 'col' or 'row', got {f_mode!r}")
+    fn = f if f_mode == "col" else (lambda x: f(x.T).T)
+    data = make_dataset(fn, n_var, n_train=train_num, n_test=test_num, ranges=ranges, seed=seed, dtype=dtype)
+    for flag, part in ((normalize_input, "input"), (normalize_label, "label")):
+        if flag:
+            mean = data[f"train_{part}"].mean(0, keepdim=True)
+            std = data[f"train_{part}"].std(0, keepdim=True).clamp_min(torch.finfo(mean.dtype).tiny)
+            for split in ("train", "test"):
+                data[f"{split}_{part}"] = (data[f"{split}_{part}"] - mean) / std
+    return {k: v.to(device) for k, v in data.items()}
+
+
+def with_validation(dataset: dict[str, torch.Tensor], fraction: float = 0.2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A copy of a pykan dataset dict with ``val_input``/``val_label`` split off its training rows (a random
+    ``fraction`` of them, drawn with ``seed``); the test split is untouched. Select models, grids and
+    early-stopping points on the validation split, and report the test split once at the end."""
+    fraction = _check_fraction("fraction", fraction)
+    x, y = dataset["train_input"], dataset["train_label"]
+    n_val = int(round(fraction * len(x)))
+    if not 1 <= n_val < len(x):
+        raise ValueError(f"fraction={fraction} of {len(x)} training rows leaves no validation or no training rows")
+    perm = torch.randperm(len(x), generator=_generator(seed)).to(x.device)
+    val, train = perm[:n_val], perm[n_val:]
+    out = dict(dataset)
+    out.update(train_input=x[train], train_label=y[train], val_input=x[val], val_label=y[val])
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------
 # toy functions of the KAN paper
 # ----------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .kernels import interval_table
+from .layers import KANLayer
 
 __all__ = ["FusedKAN", "unsupported_reason"]
 
@@ -46,9 +47,9 @@ MAX_PHI_ELEMENTS = 1 << 22  # N * in * P above which a dense Phi (32 MB in float
 
 def unsupported_reason(model, x: torch.Tensor) -> str | None:
     """Why ``FusedKAN(model, x, y)`` cannot train ``model`` (None if it can)."""
-    from .models import KAN
-
-    if not isinstance(model, KAN):
+    layers = getattr(model, "layers", None)
+    if not (hasattr(model, "n_mult") and layers is not None and len(layers)
+            and all(isinstance(layer, KANLayer) for layer in layers)):
         return f"the model is a {type(model).__name__}, not a kanedu.KAN"
     if x.device.type != "cpu":
         return f"the data are on {x.device}, not the CPU"

@@ -20,12 +20,14 @@ symbolic edges recreates that submodule when it is loaded.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
 
 from . import kernels, native
+from ._checks import integer
 from .splines import (
     _check_grid_size,
     _check_order,
@@ -89,12 +91,14 @@ class KANLayer(nn.Module):
         base_activation: ``"silu"`` (default), ``"identity"``, ``"tanh"``, ``"relu"``, ``"gelu"``, ``"zero"``
             (no residual), or the matching ``torch.nn`` class.
         noise_scale: std of the initial spline coefficients is ``noise_scale / G`` (small wiggles).
-        scale_base, scale_base_noise: ``w_b = (scale_base + scale_base_noise * U(-1, 1)) / sqrt(in)``.
-            Starting every edge near the same positive residual (as the KAN paper's code did) makes small
-            KANs such as ``[2, 1, 1]`` train reliably; random-sign ``w_b`` left 3 of 5 seeds stuck at a
-            test RMSE of 0.6 on exp(sin(pi x) + y^2).
-        scale_spline: ``w_s = scale_spline / sqrt(in)``.
-        learn_scales: train ``w_b`` and ``w_s`` (True) or keep them fixed.
+        scale_base_mu, scale_base_sigma: ``w_b = (scale_base_mu + scale_base_sigma * U(-1, 1)) / sqrt(in)``
+            (pykan's names; pykan's defaults are 0 and 1, random signs). Starting every edge near the same
+            positive residual, as here, makes small KANs such as ``[2, 1, 1]`` train reliably: with random
+            signs pykan's own ``[2, 1, 1]`` stalls at a test RMSE of 0.4-0.6 on 2 to 3 of 5 seeds
+            (``benchmarks/bench_train.py``); an edge whose sign is wrong has to pass through zero.
+        scale_sp: ``w_s = scale_sp / sqrt(in)`` (pykan's name).
+        learn_scales: train ``w_b`` and ``w_s`` (True) or keep them fixed; ``sb_trainable`` and
+            ``sp_trainable`` (pykan's names) set them one by one and win over ``learn_scales``.
         generator: a ``torch.Generator`` for the initial weights (default: the global RNG, as ``nn.Linear``).
 
     Shapes: ``coef [in, out, G + k]``, ``scale_base``/``scale_spline``/``mask`` ``[in, out]``,
@@ -103,14 +107,13 @@ class KANLayer(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
                  grid_range=(-1.0, 1.0), grid_eps: float = 0.02, base_activation="silu",
-                 noise_scale: float = 0.1, scale_base: float = 1.0, scale_base_noise: float = 0.1,
-                 scale_spline: float = 1.0, learn_scales: bool = True, generator: torch.Generator | None = None,
+                 noise_scale: float = 0.1, scale_base_mu: float = 1.0, scale_base_sigma: float = 0.1,
+                 scale_sp: float = 1.0, learn_scales: bool = True, sb_trainable: bool | None = None,
+                 sp_trainable: bool | None = None, generator: torch.Generator | None = None,
                  device=None, dtype=None):
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features = integer("in_features", in_features, minimum=1)
+        self.out_features = integer("out_features", out_features, minimum=1)
         self.grid_size = _check_grid_size(grid_size)
         self.spline_order = _check_order(spline_order)
         self.grid_range = _check_range(grid_range)
@@ -118,17 +121,19 @@ class KANLayer(nn.Module):
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
         self.grid_eps = float(grid_eps)
         self.base_activation = _activation_name(base_activation)
-        self.noise_scale, self.init_scale_base, self.init_scale_spline = noise_scale, scale_base, scale_spline
-        self.scale_base_noise = scale_base_noise
-        self.learn_scales = learn_scales
+        self.noise_scale = float(noise_scale)
+        self.scale_base_mu, self.scale_base_sigma, self.scale_sp = float(scale_base_mu), float(scale_base_sigma), float(
+            scale_sp)
+        self.sb_trainable = bool(learn_scales if sb_trainable is None else sb_trainable)
+        self.sp_trainable = bool(learn_scales if sp_trainable is None else sp_trainable)
         fk = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         n = self.grid_size + self.spline_order
         grid = uniform_grid(self.grid_size, self.spline_order, self.grid_range, **fk)
         self.register_buffer("grid", grid.expand(in_features, -1).contiguous())
         self.register_buffer("mask", torch.ones(in_features, out_features, **fk))
         self.coef = nn.Parameter(torch.empty(in_features, out_features, n, **fk))
-        self.scale_base = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=learn_scales)
-        self.scale_spline = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=learn_scales)
+        self.scale_base = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=self.sb_trainable)
+        self.scale_spline = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=self.sp_trainable)
         self._uniform = True
         # edges replaced by formulas: a kanedu.symbolic.SymbolicEdges set by fix_symbolic (None: none)
         self.symbolic: nn.Module | None = None
@@ -137,15 +142,15 @@ class KANLayer(nn.Module):
     # ---- construction ------------------------------------------------------------------------------
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Initial weights: ``w_b = (scale_base + scale_base_noise * U(-1, 1)) / sqrt(in)``,
-        ``w_s = scale_spline / sqrt(in)``, spline coefficients ``N(0, (noise_scale / G)^2)``, so every
+        """Initial weights: ``w_b = (scale_base_mu + scale_base_sigma * U(-1, 1)) / sqrt(in)``,
+        ``w_s = scale_sp / sqrt(in)``, spline coefficients ``N(0, (noise_scale / G)^2)``, so every
         edge starts as a residual plus small wiggles. A ``generator`` makes it reproducible without
         touching the global RNG."""
         with torch.no_grad():
             bound = 1.0 / math.sqrt(self.in_features)
             u = torch.rand(self.scale_base.shape, generator=generator, dtype=self.coef.dtype)
-            self.scale_base.copy_((self.init_scale_base + self.scale_base_noise * (2 * u - 1)) * bound)
-            self.scale_spline.fill_(self.init_scale_spline * bound)
+            self.scale_base.copy_((self.scale_base_mu + self.scale_base_sigma * (2 * u - 1)) * bound)
+            self.scale_spline.fill_(self.scale_sp * bound)
             noise = torch.randn(self.coef.shape, generator=generator, dtype=self.coef.dtype)
             self.coef.copy_(noise * self.noise_scale / self.grid_size)
             self.mask.fill_(1.0)
@@ -157,9 +162,8 @@ class KANLayer(nn.Module):
             "in_features": self.in_features, "out_features": self.out_features, "grid_size": self.grid_size,
             "spline_order": self.spline_order, "grid_range": list(self.grid_range), "grid_eps": self.grid_eps,
             "base_activation": self.base_activation, "noise_scale": self.noise_scale,
-            "scale_base": self.init_scale_base, "scale_base_noise": self.scale_base_noise,
-            "scale_spline": self.init_scale_spline,
-            "learn_scales": self.learn_scales,
+            "scale_base_mu": self.scale_base_mu, "scale_base_sigma": self.scale_base_sigma, "scale_sp": self.scale_sp,
+            "sb_trainable": self.sb_trainable, "sp_trainable": self.sp_trainable,
         }
 
     def extra_repr(self) -> str:
@@ -281,8 +285,21 @@ class KANLayer(nn.Module):
         self._refit(x, new_grid, self.grid_size)
 
     @torch.no_grad()
-    def refine(self, grid_size: int, x: torch.Tensor | None = None) -> None:
-        """Grid extension in place: move to ``grid_size`` intervals and fit the new coefficients to the
+    def refine(self, grid_size: int, x: torch.Tensor | None = None) -> KANLayer:
+        """Grid extension: a copy of this layer with ``grid_size`` intervals, its coefficients fitted to this
+        layer's splines (this layer is left as it is, like ``KAN.refine`` and pykan's ``refine``).
+
+        With samples ``x [N, in]`` the new grid follows them (``grid_eps`` blend, as in pykan), and the
+        fit is made on ``x``. Without samples the grid keeps its range, its knots interpolated from the
+        current ones (a uniform grid stays uniform, an adaptive one keeps its shape), and the fit is
+        made on a dense sweep of the grid range ``[t_k, t_{G+k}]``.
+        """
+        new = copy.deepcopy(self)
+        new._extend(grid_size, x)
+        return new
+
+    def _extend(self, grid_size: int, x: torch.Tensor | None) -> None:
+        """``refine`` in place: move to ``grid_size`` intervals and fit the new coefficients to the
         current splines.
 
         With samples ``x [N, in]`` the new grid follows them (``grid_eps`` blend, as in pykan), and the

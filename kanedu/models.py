@@ -20,9 +20,14 @@ import copy
 import math
 from collections.abc import Sequence
 
+import sympy
 import torch
 from torch import nn
 
+from . import plot as _plot
+from . import symbolic as _symbolic
+from . import train as _train
+from ._checks import integer, is_integer
 from .layers import BASE_ACTIVATIONS, KANLayer, _activation_name
 
 __all__ = ["KAN", "MLP", "count_parameters", "matched_mlp", "mlp_parameter_count", "flops_per_sample"]
@@ -33,10 +38,24 @@ def _check_widths(widths) -> list[int]:
         raise ValueError(f"widths must be a list of at least 2 positive ints, e.g. [2, 5, 1], got {widths!r}")
     out = []
     for i, w in enumerate(widths):
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        if not is_integer(w) or w < 1:
             raise ValueError(f"widths[{i}] must be a positive int, got {w!r} in {list(widths)}")
-        out.append(w)
+        out.append(int(w))
     return out
+
+
+# pykan's constructor arguments about its own file writing and bookkeeping: accepted, without effect
+_PYKAN_IGNORED = {"auto_save", "ckpt_path", "save_act", "symbolic_enabled", "first_init", "state_id", "round",
+                  "affine_trainable", "sparse_init"}
+
+
+def _pykan_alias(name: str, value, alias: str, alias_value, default=None):
+    """kanedu's argument ``name`` or pykan's ``alias`` for it (not both with different values)."""
+    if alias_value is None:
+        return value
+    if value is not None and value != default and value != alias_value:
+        raise TypeError(f"KAN() got both {name}={value!r} and pykan's {alias}={alias_value!r}; pass one")
+    return alias_value
 
 
 def _check_kan_widths(widths) -> tuple[list[int], list[int]]:
@@ -50,14 +69,14 @@ def _check_kan_widths(widths) -> tuple[list[int], list[int]]:
             a, m = w
         else:
             a, m = w, 0
-        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (a, m)) and a + m >= 1
+        ok = all(is_integer(v) and v >= 0 for v in (a, m)) and a + m >= 1
         if not ok:
             raise ValueError(f"widths[{i}] must be a positive int or [n_sum, n_mult] with n_sum + n_mult >= 1, "
                              f"got {w!r} in {list(widths)} ({example})")
         if i == 0 and m:
             raise ValueError(f"widths[0] counts the inputs, which cannot be multiplication nodes; got {w!r}")
-        n_sum.append(a)
-        n_mult.append(m)
+        n_sum.append(int(a))
+        n_mult.append(int(m))
     return n_sum, n_mult
 
 
@@ -71,39 +90,60 @@ class KAN(nn.Module):
             so ``KAN([2, [0, 1], 1])`` can represent ``x1 * x2`` exactly with one edge per input. The
             layer into a level then has ``n_sum + mult_arity * n_mult`` outputs.
         mult_arity: how many subnodes a multiplication node multiplies (2).
-        grid_size, spline_order, grid_range, grid_eps, base_activation, noise_scale, scale_base,
-            scale_base_noise, scale_spline, learn_scales: passed to every ``KANLayer``.
+        grid_size, spline_order, grid_range, grid_eps, base_activation, noise_scale, scale_base_mu,
+            scale_base_sigma, scale_sp, learn_scales, sb_trainable, sp_trainable: passed to every
+            :class:`~kanedu.KANLayer` (see there for kanedu's defaults and why they differ from pykan's).
         seed: seeds a private generator for the initial weights (the global RNG is not touched);
             ``None`` draws from the global RNG like ``torch.nn`` layers do.
 
+    pykan's spellings work as well: ``KAN(width=[2, 5, 1], grid=5, k=3, seed=0, base_fun="silu")``, and
+    pykan's ``auto_save``, ``ckpt_path``, ``save_act``, ``symbolic_enabled``, ``first_init``, ``state_id`` and
+    ``round`` are accepted and ignored (kanedu never writes files on its own; pass them to ``kanedu.save``).
+
     ``widths`` (the attribute) holds the number of nodes per level, ``n_mult`` the multiplication nodes
-    among them (the last ``n_mult[l]`` of level ``l``).
+    among them (the last ``n_mult[l]`` of level ``l``). ``last_input`` holds the inputs of the last forward
+    pass (or of the last ``fit``: the training inputs), which pykan-style calls without ``x`` use.
     """
 
-    def __init__(self, widths, grid_size: int = 5, spline_order: int = 3, grid_range=(-1.0, 1.0),
+    def __init__(self, widths=None, grid_size: int = 5, spline_order: int = 3, grid_range=(-1.0, 1.0),
                  grid_eps: float = 0.02, base_activation="silu", noise_scale: float = 0.1,
-                 scale_base: float = 1.0, scale_base_noise: float = 0.1, scale_spline: float = 1.0,
-                 learn_scales: bool = True, mult_arity: int = 2,
-                 seed: int | None = None, device=None, dtype=None):
+                 scale_base_mu: float = 1.0, scale_base_sigma: float = 0.1, scale_sp: float = 1.0,
+                 learn_scales: bool = True, sb_trainable: bool | None = None, sp_trainable: bool | None = None,
+                 mult_arity: int = 2, seed: int | None = None, device=None, dtype=None, *,
+                 width=None, grid: int | None = None, k: int | None = None, base_fun=None, **pykan):
         super().__init__()
+        widths = _pykan_alias("widths", widths, "width", width)
+        if widths is None:
+            raise TypeError("KAN() needs the widths of its levels, e.g. KAN([2, 5, 1]) or KAN(width=[2, 5, 1])")
+        grid_size = _pykan_alias("grid_size", grid_size, "grid", grid, default=5)
+        spline_order = _pykan_alias("spline_order", spline_order, "k", k, default=3)
+        base_activation = _pykan_alias("base_activation", base_activation, "base_fun", base_fun, default="silu")
+        unknown = sorted(set(pykan) - _PYKAN_IGNORED)
+        if unknown:
+            raise TypeError(f"KAN() got unexpected keyword argument(s) {unknown}")
+        for name in ("affine_trainable", "sparse_init"):
+            if pykan.get(name):
+                raise ValueError(f"KAN: pykan's {name}=True is not supported by kanedu")
         n_sum, self.n_mult = _check_kan_widths(widths)
-        if isinstance(mult_arity, bool) or not isinstance(mult_arity, int) or mult_arity < 2:
-            raise ValueError(f"mult_arity must be an int >= 2, got {mult_arity!r}")
-        self.mult_arity = mult_arity
+        self.mult_arity = integer("mult_arity", mult_arity, minimum=2)
         self.widths = [a + m for a, m in zip(n_sum, self.n_mult)]
         self._layer_kwargs = dict(
-            grid_size=grid_size, spline_order=spline_order, grid_range=tuple(float(v) for v in grid_range),
-            grid_eps=grid_eps, base_activation=_activation_name(base_activation), noise_scale=noise_scale,
-            scale_base=scale_base, scale_base_noise=scale_base_noise, scale_spline=scale_spline,
-            learn_scales=learn_scales,
+            grid_size=integer("grid_size", grid_size, minimum=1), spline_order=integer("spline_order", spline_order,
+                                                                                       minimum=0),
+            grid_range=tuple(float(v) for v in grid_range), grid_eps=grid_eps,
+            base_activation=_activation_name(base_activation), noise_scale=noise_scale, scale_base_mu=scale_base_mu,
+            scale_base_sigma=scale_base_sigma, scale_sp=scale_sp,
+            sb_trainable=learn_scales if sb_trainable is None else sb_trainable,
+            sp_trainable=learn_scales if sp_trainable is None else sp_trainable,
         )
-        self.seed = seed
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.seed = None if seed is None else integer("seed", seed, minimum=0)
+        gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         self.layers = nn.ModuleList(
             KANLayer(self.widths[l], self.subnodes(l + 1), generator=gen, device=device, dtype=dtype,
                      **self._layer_kwargs)
             for l in range(len(self.widths) - 1)
         )
+        self.last_input: torch.Tensor | None = None
 
     @property
     def config(self) -> dict:
@@ -150,7 +190,10 @@ class KAN(nn.Module):
         return self.layers[0].spline_order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., widths[0]]`` -> ``[..., widths[-1]]``."""
+        """``x [..., widths[0]]`` -> ``[..., widths[-1]]``; remembers ``x`` as ``last_input`` (pykan's
+        ``cache_data``, a reference, not a copy), except inside ``torch.compile``."""
+        if not torch.compiler.is_compiling():
+            self.last_input = x.detach()
         for l, layer in enumerate(self.layers):
             x = self.nodes(l + 1, layer(x))
         return x
@@ -176,11 +219,14 @@ class KAN(nn.Module):
     @torch.no_grad()
     def refine(self, grid_size: int, x: torch.Tensor | None = None) -> KAN:
         """Grid extension: a copy of this model with ``grid_size`` intervals per spline, fitted to this
-        model's splines on the layer inputs that ``x`` produces (or a dense sweep of each grid)."""
+        model's splines on the layer inputs that ``x`` produces. ``x`` defaults to ``last_input`` (the
+        inputs of the last forward pass or ``fit``, as pykan's ``refine(G)``); a model that has seen no
+        data is fitted on a dense sweep of each grid instead."""
         new = copy.deepcopy(self)
+        x = self.last_input if x is None else x
         xs = self.layer_inputs(x) if x is not None else [None] * len(self.layers)
         for layer, h in zip(new.layers, xs):
-            layer.refine(grid_size, h)
+            layer._extend(grid_size, h)
         new._layer_kwargs["grid_size"] = grid_size
         return new
 
@@ -268,24 +314,32 @@ class KAN(nn.Module):
             node[l] = edge[l].sum(0)
         return node, edge
 
-    @torch.no_grad()
-    def prune(self, x: torch.Tensor, node_threshold: float = 1e-2, edge_threshold: float = 3e-2) -> KAN:
-        """A smaller KAN: hidden nodes scoring below ``node_threshold`` are removed and edges scoring
-        below ``edge_threshold`` are masked (scores from ``attribution(x)``).
+    def _inputs(self, x, what: str) -> torch.Tensor:
+        """``x``, or the inputs of the last forward pass / ``fit`` (pykan's ``cache_data``) when it is None."""
+        if x is None:
+            x = self.last_input
+            if x is None:
+                raise ValueError(f"{what} needs samples x [N, {self.widths[0]}]: pass x, or run the model (or fit) "
+                                 "once, and it uses those inputs as pykan does")
+        if not torch.is_tensor(x) or x.shape[-1] != self.widths[0]:
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"{what}: x must be model inputs [N, {self.widths[0]}], got {got}")
+        return x.reshape(-1, self.widths[0])
 
-        The result computes exactly what this model computes with those nodes' outgoing edges and the
-        weak edges switched off (``mask = 0``); inputs and outputs are never removed.
-        """
-        node, edge = self.attribution(x)
+    @torch.no_grad()
+    def prune_node(self, threshold: float = 1e-2, x: torch.Tensor | None = None) -> KAN:
+        """A copy without the hidden nodes whose attribution score (on ``x``, default ``last_input``) is
+        below ``threshold``: their edges go, the rest computes exactly what it did. Inputs and outputs stay.
+        When no node of a level passes, its strongest node is kept (the network is never cut in two)."""
+        x = self._inputs(x, "prune_node")
+        node, _ = self.attribution(x)
         keep = [torch.arange(self.widths[0])]
         for l in range(1, len(self.widths) - 1):
-            k = torch.nonzero(node[l].cpu() > node_threshold).flatten()
-            keep.append(k if len(k) else node[l].cpu().argmax().view(1))  # never cut the network in two
+            kept = torch.nonzero(node[l].cpu() > threshold).flatten()
+            keep.append(kept if len(kept) else node[l].cpu().argmax().view(1))
         keep.append(torch.arange(self.widths[-1]))
         new = copy.deepcopy(self)
         for l, layer in enumerate(new.layers):
-            strong = (edge[l] > edge_threshold).T.to(layer.mask.dtype)  # [in, out]
-            layer.mask.mul_(strong)
             # the layer's outputs that feed kept nodes (all subnodes of a kept multiplication node)
             owner = self.subnode_to_node(l + 1)
             outs = torch.nonzero(torch.isin(owner, keep[l + 1])).flatten()
@@ -293,6 +347,93 @@ class KAN(nn.Module):
         new.n_mult = [int((k >= w - m).sum()) for k, w, m in zip(keep, self.widths, self.n_mult)]
         new.widths = [len(k) for k in keep]
         return new
+
+    @torch.no_grad()
+    def prune_edge(self, threshold: float = 3e-2, x: torch.Tensor | None = None) -> None:
+        """Switch off (mask, in place) the edges whose attribution score on ``x`` (default ``last_input``)
+        is below ``threshold``, as pykan's ``prune_edge`` does."""
+        x = self._inputs(x, "prune_edge")
+        _, edge = self.attribution(x)
+        for layer, score in zip(self.layers, edge):
+            layer.mask.mul_((score > threshold).T.to(layer.mask.dtype))  # scores are [out, in], masks [in, out]
+
+    @torch.no_grad()
+    def remove_edge(self, l: int, i: int, j: int) -> None:
+        """Switch off edge ``i -> j`` of layer ``l`` (in place; ``j`` counts subnodes)."""
+        layer = self.layers[integer("l", l, minimum=0, maximum=len(self.layers) - 1)]
+        layer.mask[integer("i", i, minimum=0, maximum=layer.in_features - 1),
+                   integer("j", j, minimum=0, maximum=layer.out_features - 1)] = 0.0
+
+    @torch.no_grad()
+    def prune(self, x: torch.Tensor | None = None, node_threshold: float = 1e-2, edge_threshold: float = 3e-2, *,
+              node_th: float | None = None, edge_th: float | None = None) -> KAN:
+        """A smaller KAN, as pykan's ``prune``: ``prune_node(node_threshold)``, then, with the scores of the
+        smaller network, ``prune_edge(edge_threshold)``. ``x`` defaults to ``last_input``; ``node_th`` and
+        ``edge_th`` are pykan's names for the thresholds.
+
+        The result computes exactly what this model computes with the removed nodes' edges and the weak
+        edges switched off (``mask = 0``); inputs and outputs are never removed.
+        """
+        node_threshold = node_threshold if node_th is None else node_th
+        edge_threshold = edge_threshold if edge_th is None else edge_th
+        x = self._inputs(x, "prune")
+        new = self.prune_node(node_threshold, x)
+        new.prune_edge(edge_threshold, x)
+        new.last_input = x
+        return new
+
+    # ---- pykan's API: the same calls as pykan's MultKAN ------------------------------------------------
+
+    def fit(self, dataset, **kwargs):
+        """``kanedu.fit(self, dataset, **kwargs)``: pykan's ``model.fit(dataset, opt="LBFGS", steps=50, lamb=...)``.
+        Returns a :class:`~kanedu.History`, whose ``["train_loss"]`` and ``["test_loss"]`` are pykan's RMSEs."""
+        return _train.fit(self, dataset, **kwargs)
+
+    def plot(self, x: torch.Tensor | None = None, **kwargs):
+        """``kanedu.plot.plot_network(self, x)`` with ``x`` defaulting to ``last_input`` (pykan draws the
+        activations of the last forward pass the same way); returns the Axes and writes no file."""
+        return _plot.plot_network(self, self.last_input if x is None else x, **kwargs)
+
+    def attribute(self, x: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """pykan's ``attribute()``: computes :meth:`attribution` on ``x`` (default ``last_input``), stores
+        ``node_scores`` and ``edge_scores`` on the model as pykan does, and returns the node scores."""
+        self.node_scores, self.edge_scores = self.attribution(self._inputs(x, "attribute"))
+        return self.node_scores
+
+    def auto_symbolic(self, lib=None, x: torch.Tensor | None = None, **kwargs):
+        """``kanedu.symbolic.auto_symbolic(self, x, lib=lib, ...)``, ``x`` defaulting to ``last_input``.
+        ``lib`` takes pykan's names too (``'x^2'``, ``'sgn'``, ``'arctanh'``, ...)."""
+        return _symbolic.auto_symbolic(self, self._inputs(x, "auto_symbolic"), lib=lib, **kwargs)
+
+    def suggest_symbolic(self, l: int, i: int, j: int, lib=None, topk: int = 5, x: torch.Tensor | None = None,
+                         **kwargs):
+        """``kanedu.symbolic.suggest_symbolic`` for edge ``i -> j`` of layer ``l``, on ``last_input`` by default."""
+        return _symbolic.suggest_symbolic(self, l, i, j, self._inputs(x, "suggest_symbolic"), lib=lib, topk=topk,
+                                          **kwargs)
+
+    def fix_symbolic(self, l: int, i: int, j: int, fun_name, fit_params_bool: bool = True,
+                     x: torch.Tensor | None = None, **kwargs):
+        """Replace edge ``i -> j`` of layer ``l`` by ``c * f(a u + b) + d``, fitted on ``last_input`` (pykan's
+        ``fit_params_bool=False`` keeps ``a = c = 1, b = d = 0``)."""
+        if not fit_params_bool:
+            kwargs.setdefault("params", (1.0, 0.0, 1.0, 0.0))
+            return _symbolic.fix_symbolic(self, l, i, j, fun_name, **kwargs)
+        return _symbolic.fix_symbolic(self, l, i, j, fun_name, self._inputs(x, "fix_symbolic"), **kwargs)
+
+    def unfix_symbolic(self, l: int, i: int, j: int) -> None:
+        """Give edge ``i -> j`` of layer ``l`` back to its spline."""
+        _symbolic.unfix_symbolic(self, l, i, j)
+
+    def symbolic_formula(self, var=None, floating_digit: int = 4, simplify: bool = False):
+        """pykan's ``symbolic_formula()``: ``(formulas, variables)``, one sympy expression per output and the
+        input symbols, so that ``model.symbolic_formula()[0][0]`` is the first output's formula. Constants
+        are rounded to ``floating_digit`` significant digits and snapped to exact values when within 1e-4
+        (``kanedu.symbolic.symbolic_formula`` returns the list alone)."""
+        names = [f"x_{i + 1}" for i in range(self.widths[0])] if var is None else list(var)
+        formulas = _symbolic.symbolic_formula(self, var_names=names, precision=floating_digit)
+        if simplify:
+            formulas = [sympy.simplify(f) for f in formulas]
+        return formulas, [sympy.Symbol(n) if isinstance(n, str) else n for n in names]
 
     def extra_repr(self) -> str:
         if any(self.n_mult):

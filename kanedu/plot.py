@@ -18,6 +18,9 @@ import math
 
 import torch
 
+from .layers import KANLayer
+from .splines import bspline_basis, uniform_grid
+
 __all__ = ["plot_basis", "plot_activation", "plot_network", "plot_history", "plot_fit_1d"]
 
 NUMERIC_COLOR = (0.0, 0.0, 0.0)
@@ -40,8 +43,6 @@ def _save(ax, save):
 
 
 def _check_layer(layer):
-    from .layers import KANLayer
-
     if not isinstance(layer, KANLayer):
         hint = " (for a KAN use model.layers[l])" if hasattr(layer, "layers") else ""
         raise TypeError(f"layer must be a kanedu.KANLayer, got {type(layer).__name__}{hint}")
@@ -49,9 +50,11 @@ def _check_layer(layer):
 
 
 def _check_model(model):
-    from .models import KAN
-
-    if not isinstance(model, KAN):
+    # a KAN is a module with KAN layers and the widths of its levels (plot is imported by kanedu.models, so
+    # it recognises a KAN by what it has rather than importing the class)
+    layers = getattr(model, "layers", None)
+    if not (hasattr(model, "widths") and hasattr(model, "attribution") and layers is not None
+            and all(isinstance(layer, KANLayer) for layer in layers)):
         raise TypeError(f"model must be a kanedu.KAN, got {type(model).__name__}")
     return model
 
@@ -68,8 +71,6 @@ def plot_basis(grid_size: int = 5, spline_order: int = 3, grid_range=(-1.0, 1.0)
     The shaded band is ``grid_range``, where the bases sum to 1 (partition of unity); outside it only the
     extension knots carry them down to 0.
     """
-    from .splines import bspline_basis, uniform_grid
-
     grid = uniform_grid(grid_size, spline_order, grid_range, dtype=torch.float64)
     x = torch.linspace(float(grid[0]), float(grid[-1]), n, dtype=torch.float64)
     B = bspline_basis(x, grid, spline_order, method="reference")  # [n, G + k]

@@ -34,8 +34,8 @@ KAN input in range by construction, with no clamping:
 
 **Initial base weights.** ``KANLayer`` starts every edge near the same positive SiLU residual, which
 suits the tiny KANs of the earlier lessons. A gate or a feed-forward layer needs its units to start
-different (like ``nn.Linear``'s random init), so the layers here use ``scale_base=0`` and
-``scale_base_noise=1``: ``w_b ~ U(-1, 1) / sqrt(in)``, the bound of ``nn.Linear``'s init.
+different (like ``nn.Linear``'s random init), so the layers here use ``scale_base_mu=0`` and
+``scale_base_sigma=1``: ``w_b ~ U(-1, 1) / sqrt(in)``, the bound of ``nn.Linear``'s init.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 #: KANLayer arguments the recurrent and feed-forward layers use unless told otherwise (see the module doc)
-KAN_DEFAULTS = {"scale_base": 0.0, "scale_base_noise": 1.0}
+KAN_DEFAULTS = {"scale_base_mu": 0.0, "scale_base_sigma": 1.0}
 
 
 def _check_pos_int(name: str, value) -> int:

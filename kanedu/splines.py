@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import integer
+
 __all__ = [
     "uniform_grid",
     "adaptive_grid",
@@ -49,19 +51,11 @@ __all__ = [
 
 
 def _check_order(spline_order) -> int:
-    if isinstance(spline_order, bool) or not isinstance(spline_order, int):
-        raise TypeError(f"spline_order must be an int >= 0, got {spline_order!r} ({type(spline_order).__name__})")
-    if spline_order < 0:
-        raise ValueError(f"spline_order must be >= 0, got {spline_order}")
-    return spline_order
+    return integer("spline_order", spline_order, minimum=0)
 
 
 def _check_grid_size(grid_size) -> int:
-    if isinstance(grid_size, bool) or not isinstance(grid_size, int):
-        raise TypeError(f"grid_size must be an int >= 1, got {grid_size!r} ({type(grid_size).__name__})")
-    if grid_size < 1:
-        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
-    return grid_size
+    return integer("grid_size", grid_size, minimum=1)
 
 
 def _check_range(grid_range) -> tuple[float, float]:
@@ -180,8 +174,7 @@ def adaptive_grid(x: torch.Tensor, grid_size: int, spline_order: int, grid_eps: 
     G, k = _check_grid_size(grid_size), _check_order(spline_order)
     if not 0.0 <= float(grid_eps) <= 1.0:
         raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
-    if isinstance(quantile_samples, bool) or not isinstance(quantile_samples, int) or quantile_samples < 1:
-        raise ValueError(f"quantile_samples must be a positive int, got {quantile_samples!r}")
+    quantile_samples = integer("quantile_samples", quantile_samples, minimum=1)
     squeeze = x.dim() == 1
     if squeeze:
         x = x[:, None]

@@ -47,7 +47,7 @@ from torch import nn
 __all__ = [
     "SymbolicFunction", "SYMBOLIC_LIBRARY", "Candidate", "Suggestions", "SymbolicReport", "SymbolicEdges",
     "fit_affine", "suggest_symbolic", "fix_symbolic", "unfix_symbolic", "auto_symbolic", "symbolic_formula",
-    "symbolic_edges", "polish_symbolic",
+    "symbolic_edges", "polish_symbolic", "DEFAULT_LIB", "SYMBOLIC_ALIASES", "ex_round",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -128,6 +128,52 @@ def f_gaussian(x):
 def f_sign(x):
     """sign(x) (0 at 0); its slope is 0, so training moves only c and d of a sign edge."""
     return torch.sign(x)
+
+
+def f_x5(x):
+    """x^5 of ``clamp(x, -POW_MAX, POW_MAX)``."""
+    x = x.clamp(-POW_MAX, POW_MAX)
+    return (x * x) * (x * x) * x
+
+
+def _inverse_power(n: int):
+    def f(x):
+        return 1.0 / _away_from_zero(x.clamp(-POW_MAX, POW_MAX), EPS_DIV) ** n
+
+    f.__doc__ = (f"1/x^{n} as ``1 / (sign(x) max(|x|, EPS_DIV))^{n}`` of ``clamp(x, -POW_MAX, POW_MAX)``: exact for "
+                 "``EPS_DIV <= |x| <= POW_MAX``.")
+    f.__name__ = f"f_inv{n}"
+    return f
+
+
+def f_x1p5(x):
+    """x^1.5 as ``sqrt(clamp(x, EPS_SQRT, POW_MAX))^3``."""
+    return torch.sqrt(x.clamp(EPS_SQRT, POW_MAX)) ** 3
+
+
+def f_inv_sqrt(x):
+    """1/sqrt(x) as ``1 / sqrt(max(x, EPS_SQRT))`` (at most 1e6)."""
+    return torch.rsqrt(x.clamp_min(EPS_SQRT))
+
+
+def f_arcsin(x):
+    """arcsin of ``clamp(x, -1 + EPS_DIV, 1 - EPS_DIV)`` (the slope stays finite at the ends)."""
+    return torch.asin(x.clamp(-1.0 + EPS_DIV, 1.0 - EPS_DIV))
+
+
+def f_arccos(x):
+    """arccos of ``clamp(x, -1 + EPS_DIV, 1 - EPS_DIV)``."""
+    return torch.acos(x.clamp(-1.0 + EPS_DIV, 1.0 - EPS_DIV))
+
+
+def f_arctanh(x):
+    """artanh of ``clamp(x, -1 + EPS_DIV, 1 - EPS_DIV)`` (|artanh| <= 4.95)."""
+    return torch.atanh(x.clamp(-1.0 + EPS_DIV, 1.0 - EPS_DIV))
+
+
+def f_cosh(x):
+    """cosh of ``clamp(x, -EXP_MAX, EXP_MAX)``."""
+    return torch.cosh(x.clamp(-EXP_MAX, EXP_MAX))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,26 +291,51 @@ _ENTRIES = [
     SymbolicFunction("sign", f_sign, sympy.sign, 4, canonical=_canon(degree=0, parity=-1)),
     SymbolicFunction("gaussian", f_gaussian, _sympy_gaussian, 4, canonical=_canon(parity=1)),
 ]
+# the rest of pykan's library: looked up by name (lib=[...]), not tried unless asked for
+_MORE = [
+    SymbolicFunction("x^5", f_x5, lambda x: x**5, 5, canonical=_canon(degree=5, parity=-1)),
+    SymbolicFunction("1/x^2", _inverse_power(2), lambda x: 1 / x**2, 3, canonical=_canon(degree=-2, parity=1)),
+    SymbolicFunction("1/x^3", _inverse_power(3), lambda x: 1 / x**3, 4, canonical=_canon(degree=-3, parity=-1)),
+    SymbolicFunction("1/x^4", _inverse_power(4), lambda x: 1 / x**4, 4, canonical=_canon(degree=-4, parity=1)),
+    SymbolicFunction("1/x^5", _inverse_power(5), lambda x: 1 / x**5, 5, canonical=_canon(degree=-5, parity=-1)),
+    SymbolicFunction("x^1.5", f_x1p5, lambda x: x ** sympy.Rational(3, 2), 4, canonical=_canon(degree=1.5)),
+    SymbolicFunction("1/sqrt(x)", f_inv_sqrt, lambda x: 1 / sympy.sqrt(x), 4, canonical=_canon(degree=-0.5)),
+    SymbolicFunction("arcsin", f_arcsin, sympy.asin, 4, family="arcsin", canonical=_canon(parity=-1)),
+    SymbolicFunction("arccos", f_arccos, sympy.acos, 4, family="arcsin"),  # acos(u) = pi/2 - asin(u)
+    SymbolicFunction("arctanh", f_arctanh, sympy.atanh, 4, canonical=_canon(parity=-1)),
+    SymbolicFunction("cosh", f_cosh, sympy.cosh, 4, canonical=_canon(parity=1)),
+    SymbolicFunction("sigmoid", torch.sigmoid, lambda x: 1 / (1 + sympy.exp(-x)), 4, family="tanh"),
+    SymbolicFunction("relu", torch.relu, lambda x: sympy.Max(x, 0), 3, canonical=_canon(degree=1)),
+]
 
-#: name -> :class:`SymbolicFunction`. Add entries to this dict to use them everywhere (a model's symbolic
-#: edges find their functions here by name when a state dict is loaded).
-SYMBOLIC_LIBRARY: dict[str, SymbolicFunction] = {e.name: e for e in _ENTRIES}
+#: name -> :class:`SymbolicFunction`, pykan's whole library. Add entries to this dict to use them
+#: everywhere (a model's symbolic edges find their functions here by name when a state dict is loaded).
+SYMBOLIC_LIBRARY: dict[str, SymbolicFunction] = {e.name: e for e in _ENTRIES + _MORE}
+#: what ``lib=None`` tries: the common functions (the rest of pykan's library only when named)
+DEFAULT_LIB: tuple[str, ...] = tuple(e.name for e in _ENTRIES)
+#: pykan's other names for kanedu's functions
+SYMBOLIC_ALIASES = {"sgn": "sign", "x^0.5": "sqrt", "1/x^0.5": "1/sqrt(x)", "tanh(x)": "tanh"}
+
+
+def _canonical_name(name):
+    return SYMBOLIC_ALIASES.get(name, name) if isinstance(name, str) else name
 
 
 def _resolve_lib(lib) -> dict[str, SymbolicFunction]:
     """``None`` (the whole library), a list of names, or a dict name -> SymbolicFunction."""
     if lib is None:
-        return dict(SYMBOLIC_LIBRARY)
+        return {n: SYMBOLIC_LIBRARY[n] for n in DEFAULT_LIB}
     if isinstance(lib, dict):
         bad = [k for k, v in lib.items() if not isinstance(v, SymbolicFunction)]
         if bad:
             raise TypeError(f"lib values must be SymbolicFunction, got other types for {bad[:3]}")
         out = dict(lib)
     else:
-        names = [lib] if isinstance(lib, str) else list(lib)
+        names = [_canonical_name(n) for n in ([lib] if isinstance(lib, str) else list(lib))]
         unknown = [n for n in names if n not in SYMBOLIC_LIBRARY]
         if unknown:
-            raise ValueError(f"lib: unknown function(s) {unknown}; known: {list(SYMBOLIC_LIBRARY)}")
+            raise ValueError(f"lib: unknown function(s) {unknown}; known: {list(SYMBOLIC_LIBRARY)} "
+                             f"(and pykan's aliases {list(SYMBOLIC_ALIASES)})")
         out = {n: SYMBOLIC_LIBRARY[n] for n in names}
     if not out:
         raise ValueError("lib must name at least one function")
@@ -274,6 +345,7 @@ def _resolve_lib(lib) -> dict[str, SymbolicFunction]:
 def _entry(name) -> SymbolicFunction:
     if isinstance(name, SymbolicFunction):
         return name
+    name = _canonical_name(name)
     if name not in SYMBOLIC_LIBRARY:
         raise ValueError(f"name must be one of {list(SYMBOLIC_LIBRARY)} (or a SymbolicFunction), got {name!r}")
     return SYMBOLIC_LIBRARY[name]
@@ -1106,6 +1178,11 @@ def symbolic_formula(model, var_names=None, precision: int = 4, snap: bool = Tru
             e = _tidy_numbers(_canonical(e), precision, snap)
         out.append(e)
     return out
+
+
+def ex_round(expr: sympy.Expr, n_digit: int = 4) -> sympy.Expr:
+    """Every number in ``expr`` rounded to ``n_digit`` significant digits (pykan's ``kan.utils.ex_round``)."""
+    return expr.xreplace({a: sympy.Float(a, n_digit) for a in expr.atoms(sympy.Float)})
 
 
 def _coeff(term) -> sympy.Expr:

@@ -186,6 +186,23 @@ def test_incompatible_format_version(tmp_path):
         checkpoint.load(path)
 
 
+@pytest.mark.parametrize("version", [0, None, "1", 1.0, "missing"])
+def test_a_format_version_other_than_the_int_1_is_refused(tmp_path, version):
+    path = tmp_path / "odd.pt"
+    checkpoint.save(tiny(), path)
+    payload = torch.load(path, weights_only=True)
+    if version == "missing":
+        del payload["format_version"]
+    else:
+        payload["format_version"] = version  # None stored as a value
+    torch.save(payload, path)
+    if version == 1.0:  # 1.0 == 1 in Python: the same version, loads
+        assert isinstance(checkpoint.load(path), torch.nn.Module)
+        return
+    with pytest.raises(CheckpointError, match=r"odd\.pt.*format_version"):
+        checkpoint.load(path)
+
+
 @pytest.mark.parametrize(("cls", "message"), [
     ("torch.nn.Linear", "only rebuilds classes from kanedu"),
     ("os.system", "only rebuilds classes from kanedu"),

@@ -218,24 +218,24 @@ def test_refine_keeps_the_function_within_1_percent(k, new_G):
     layer = _perturbed(KANLayer(3, 4, 5, k, dtype=torch.float64), gen, smooth=True)
     x = torch.rand(1000, 3, dtype=torch.float64, generator=gen) * 2 - 1
     before = layer(x)
-    layer.refine(new_G)  # no samples: same range, dense sweep
-    assert layer.grid_size == new_G and layer.coef.shape == (3, 4, new_G + k)
-    assert rel_change(layer(x), before) < 0.01
+    finer = layer.refine(new_G)  # no samples: same range, dense sweep
+    assert finer.grid_size == new_G and finer.coef.shape == (3, 4, new_G + k)
+    assert layer.grid_size == 5 and torch.equal(layer(x), before)  # a copy: the layer itself is unchanged
+    assert rel_change(finer(x), before) < 0.01
 
 
 def test_refine_to_a_nested_uniform_grid_is_exact():
     layer = _perturbed(KANLayer(2, 2, 5, 3, dtype=torch.float64), torch.Generator().manual_seed(1), smooth=True)
     x = torch.rand(500, 2, dtype=torch.float64) * 2 - 1
     before = layer(x)
-    layer.refine(20)
-    assert rel_change(layer(x), before) < 1e-10
+    assert rel_change(layer.refine(20)(x), before) < 1e-10
 
 
 def test_refine_with_samples_follows_them():
     layer = _perturbed(KANLayer(2, 3, 5, 3, dtype=torch.float64), torch.Generator().manual_seed(2), smooth=True)
     x = torch.rand(800, 2, dtype=torch.float64) * 1.6 - 0.8
     before = layer(x)
-    layer.refine(12, x)
+    layer = layer.refine(12, x)
     assert rel_change(layer(x), before) < 0.01
     assert torch.allclose(layer.grid[:, 3], x.min(0).values) and torch.allclose(layer.grid[:, -4], x.max(0).values)
 
@@ -296,18 +296,36 @@ def test_integer_input():
         KANLayer(3, 2)(torch.zeros(5, 3, dtype=torch.long))
 
 
+def test_a_masked_layer_runs_the_same_on_the_torch_kernel_and_the_reference(monkeypatch):
+    monkeypatch.setattr(native, "ENABLED", False)  # KANEDU_NATIVE=0: the torch kernel (what a GPU runs)
+    gen = torch.Generator().manual_seed(3)
+    layer = _perturbed(KANLayer(4, 3, 6, 3, dtype=torch.float64), gen, smooth=False)
+    with torch.no_grad():
+        layer.mask[1, 2] = 0.0
+        layer.mask[3, :] = 0.0
+    x = (torch.rand(64, 4, dtype=torch.float64, generator=gen) * 2.4 - 1.2).requires_grad_()
+    y = layer(x)
+    torch.testing.assert_close(y, layer.forward_reference(x))
+    g = torch.randn(64, 3, dtype=torch.float64, generator=gen)
+    grads = torch.autograd.grad(y, [x, layer.coef, layer.scale_base], g)
+    ref = torch.autograd.grad(layer.forward_reference(x), [x, layer.coef, layer.scale_base], g)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b)
+    assert grads[1][3].abs().max() == 0 and grads[2][1, 2] == 0  # masked edges get no gradient
+
+
 def test_grid_size_below_one():
-    with pytest.raises(ValueError, match="grid_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="grid_size must be an int >= 1, got 0"):
         KANLayer(3, 2, grid_size=0)
 
 
 def test_negative_spline_order():
-    with pytest.raises(ValueError, match="spline_order must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="spline_order must be an int >= 0, got -1"):
         KANLayer(3, 2, spline_order=-1)
 
 
 def test_bad_widths_and_activation():
-    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="in_features must be an int >= 1, got 0"):
         KANLayer(0, 2)
     with pytest.raises(ValueError, match="base_activation must be one of"):
         KANLayer(2, 2, base_activation="swish2")
@@ -316,6 +334,21 @@ def test_bad_widths_and_activation():
 def test_dtype_mismatch_is_explained():
     with pytest.raises(TypeError, match="layer.to"):
         KANLayer(2, 2)(torch.zeros(3, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("constructed_with", [0.0, 0.02, 1.0])
+def test_update_grid_uses_its_grid_eps_argument_whatever_the_constructor_said(constructed_with):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 2, dtype=torch.float64, generator=gen) ** 3  # skewed samples
+    G, k = 8, 3
+    layer = KANLayer(2, 1, G, k, grid_eps=constructed_with, dtype=torch.float64)
+    layer.update_grid(x, grid_eps=1.0)  # uniform over the sample range
+    inner = layer.grid[:, k:k + G + 1]
+    lo, hi = x.min(0).values[:, None], x.max(0).values[:, None]
+    torch.testing.assert_close(inner, lo + (hi - lo) * torch.linspace(0, 1, G + 1, dtype=torch.float64))
+    layer.update_grid(x, grid_eps=0.0)  # the (smoothed) sample quantiles
+    torch.testing.assert_close(layer.grid, adaptive_grid(x, G, k, grid_eps=0.0))
+    assert not layer._uniform and layer.grid_eps == constructed_with  # the argument does not stick
 
 
 def test_update_grid_updates_parameters_in_place_so_optimizers_keep_them():

@@ -153,6 +153,22 @@ def test_prune_removes_dead_hidden_nodes_and_keeps_the_kept_paths_exact():
     torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_prune_keeps_the_strongest_node_when_none_passes_the_threshold():
+    x = torch.rand(400, 2, dtype=torch.float64) * 2 - 1
+    model = KAN([2, 4, 1], seed=2, dtype=torch.float64)
+    with torch.no_grad():  # hidden node 2 carries almost everything, the others a little
+        model.layers[1].scale_base.mul_(torch.tensor([[0.02], [0.05], [3.0], [0.01]], dtype=torch.float64))
+        model.layers[1].scale_spline.mul_(torch.tensor([[0.02], [0.05], [3.0], [0.01]], dtype=torch.float64))
+    node, _ = model.attribution(x)
+    strongest = int(node[1].argmax())
+    assert strongest == 2
+    pruned = model.prune(x, node_threshold=10.0, edge_threshold=0.0)  # no node scores 10
+    assert pruned.widths == [2, 1, 1]
+    torch.testing.assert_close(pruned.layers[0].coef[:, 0], model.layers[0].coef[:, strongest])
+    err = (pruned(x) - model(x)).pow(2).mean().sqrt() / model(x).std()
+    assert err < 0.05, f"the pruned model should stay close to the original, relative error {err:.3f}"
+
+
 def test_prune_weak_edges_equals_masking_them():
     model = KAN([3, 3, 1], seed=1)
     x = torch.randn(400, 3)
@@ -182,6 +198,12 @@ def test_matched_mlp_is_within_5_percent(widths, G):
     mlp = matched_mlp(kan)
     assert mlp.widths[0] == widths[0] and mlp.widths[-1] == widths[-1]
     assert abs(count_parameters(mlp) - count_parameters(kan)) / count_parameters(kan) <= 0.05
+
+
+@pytest.mark.parametrize("widths", [[2, 5, 1], [3, 4, 4, 1], [4, 6, 2, 3, 1]])
+def test_matched_mlp_has_the_kans_number_of_hidden_layers(widths):
+    mlp = matched_mlp(KAN(widths, grid_size=5))
+    assert len(mlp.widths) == len(widths), f"{mlp.widths} for a KAN {widths}"
 
 
 def test_matched_mlp_rejects_impossible_targets():

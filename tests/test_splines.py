@@ -172,7 +172,7 @@ def test_decreasing_knots_are_rejected():
 
 
 def test_negative_order_is_rejected():
-    with pytest.raises(ValueError, match="spline_order must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="spline_order must be an int >= 0, got -1"):
         bspline_basis(torch.zeros(3), uniform_grid(5, 1), -1)
     with pytest.raises(ValueError, match="spline_order"):
         uniform_grid(5, -2)
@@ -199,8 +199,18 @@ def test_integer_x_is_rejected():
         bspline_basis(torch.arange(3), uniform_grid(5, 3), 3)
 
 
+def test_numpy_integers_are_accepted_as_sizes_and_orders():
+    import numpy as np
+
+    g = uniform_grid(np.int64(5), np.int32(3))
+    assert g.shape == (5 + 2 * 3 + 1,)
+    assert bspline_basis(torch.zeros(2), g, np.int64(3)).shape == (2, 8)
+    with pytest.raises(TypeError, match="grid_size"):
+        uniform_grid(True, 3)
+
+
 def test_bad_grid_size_and_range():
-    with pytest.raises(ValueError, match="grid_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="grid_size must be an int >= 1, got 0"):
         uniform_grid(0, 3)
     with pytest.raises(ValueError, match="lo < hi"):
         uniform_grid(5, 3, (1, -1))

@@ -68,10 +68,12 @@ def test_library_matches_its_sympy_form_away_from_the_guards():
     s = sympy.Symbol("u")
     for name, fn in SYMBOLIC_LIBRARY.items():
         ok = torch.ones_like(u, dtype=torch.bool)
-        if name in ("log", "sqrt"):
+        if name in ("log", "sqrt", "x^1.5", "1/sqrt(x)"):
             ok = u > 1e-2
-        elif name in ("1/x", "sign"):
+        elif name in ("1/x", "sign", "1/x^2", "1/x^3", "1/x^4", "1/x^5"):
             ok = u.abs() > 1e-2
+        elif name in ("arcsin", "arccos", "arctanh"):
+            ok = u.abs() < 0.99
         elif name == "tan":
             ok = torch.cos(u).abs() > 1e-2
         f = sympy.lambdify(s, fn.sympy_fn(s) + 0 * s, "math")
@@ -109,14 +111,31 @@ def test_fit_affine_recovers_clean_functions_in_canonical_form(name, f, want):
 
 def test_fit_affine_works_in_float32_and_on_shifted_ranges():
     x = torch.linspace(2.0, 5.0, 150)  # float32, far from [-1, 1]
-    params, r2 = fit_affine(x, torch.sin(1.3 * x - 0.4), "sin")
-    assert r2 > 0.9999 and params[0] == pytest.approx(1.3, abs=1e-4)
+    params, r2 = fit_affine(x, 0.7 * torch.sin(1.3 * x - 0.4) - 0.2, "sin")
+    assert r2 > 0.9999
+    # all four constants, each with its sign (a wrong sign of b once passed a check of R^2 and a alone)
+    assert params == pytest.approx((1.3, -0.4, 0.7, -0.2), abs=1e-3), params
+
+
+def test_pykan_library_names_and_aliases_resolve():
+    from kanedu.symbolic import DEFAULT_LIB, SYMBOLIC_ALIASES, _resolve_lib
+
+    pykan_names = ["x", "x^2", "x^3", "x^4", "x^5", "1/x", "1/x^2", "1/x^3", "1/x^4", "1/x^5", "sqrt", "x^0.5",
+                   "x^1.5", "1/sqrt(x)", "1/x^0.5", "exp", "log", "abs", "sin", "cos", "tan", "tanh", "sgn",
+                   "arcsin", "arccos", "arctan", "arctanh", "0", "gaussian", "cosh", "sigmoid", "relu"]
+    lib = _resolve_lib(pykan_names)
+    assert _resolve_lib(["sgn"]) == {"sign": SYMBOLIC_LIBRARY["sign"]} and SYMBOLIC_ALIASES["x^0.5"] == "sqrt"
+    assert len(lib) == len(pykan_names) - 2  # x^0.5 and 1/x^0.5 are sqrt and 1/sqrt(x), listed too
+    assert set(_resolve_lib(None)) == set(DEFAULT_LIB) and "arcsin" not in DEFAULT_LIB
+    x = torch.linspace(0.1, 0.9, 200, dtype=D)
+    (a, b, c, d), r2 = fit_affine(x, 2 * torch.asin(0.8 * x) + 1, "arcsin")
+    assert r2 > 1 - 1e-10 and abs(a - 0.8) < 1e-4 and abs(c - 2) < 1e-4
 
 
 def test_fit_affine_rejects_bad_input():
     x = torch.linspace(-1, 1, 50, dtype=D)
     with pytest.raises(ValueError, match="name must be one of"):
-        fit_affine(x, x, "cosh")
+        fit_affine(x, x, "cosech")
     with pytest.raises(ValueError, match="same shape"):
         fit_affine(x, x[:10], "x")
     with pytest.raises(ValueError, match="NaN"):
@@ -161,9 +180,12 @@ def test_a_small_but_real_sine_beats_zero():
 
 def test_suggest_uses_layer_inputs_from_samples():
     model = _edge_model([lambda x: torch.sin(math.pi * x), lambda x: x])
-    x = torch.rand(300, 2, dtype=D) * 0.8 - 0.4  # narrower than the grid: the fit sees only this range
+    # narrower than the grid: the fit sees only this range
+    x = torch.rand(300, 2, dtype=D, generator=torch.Generator().manual_seed(1)) * 0.8 - 0.4
     s = suggest_symbolic(model, 0, 0, 0, x=x)
-    assert s[0].name == "sin" and s.edge == (0, 0, 0)
+    # sin or cos: one family (cos u = sin(u + pi/2)); which of the two ties first depends on the samples, and
+    # asserting "sin" made this test fail on some draws of x (it used the global RNG, so the test order decided)
+    assert SYMBOLIC_LIBRARY[s[0].name].family == "sin" and s.edge == (0, 0, 0)
     with pytest.raises(ValueError, match="x must be"):
         suggest_symbolic(model, 0, 0, 0, x=x[:, :1])
     with pytest.raises(ValueError, match="i must be"):
@@ -218,7 +240,7 @@ def test_auto_symbolic_leaves_an_edge_numeric_only_when_no_candidate_fits_and_sa
 
 def test_fix_symbolic_replaces_the_edge_in_forward_and_edge_activations():
     model = KAN([2, 3, 1], seed=0, dtype=D)
-    x = torch.rand(50, 2, dtype=D) * 2 - 1
+    x = torch.rand(50, 2, dtype=D, generator=torch.Generator().manual_seed(2)) * 2 - 1
     fix_symbolic(model, 0, 1, 2, "sin", params=(2.0, 0.5, 1.5, -0.25))
     layer = model.layers[0]
     assert layer.mask[1, 2] == 0 and isinstance(layer.symbolic, SymbolicEdges)
@@ -230,7 +252,7 @@ def test_fix_symbolic_replaces_the_edge_in_forward_and_edge_activations():
 
 def test_fix_symbolic_fits_the_current_curve():
     model = _edge_model([lambda x: 0.7 * torch.exp(1.5 * x) - 0.2, lambda x: x])
-    x = torch.rand(200, 2, dtype=D) * 2 - 1
+    x = torch.rand(200, 2, dtype=D, generator=torch.Generator().manual_seed(3)) * 2 - 1
     before = model(x)
     cand = fix_symbolic(model, 0, 0, 0, "exp", x=x)
     assert cand.name == "exp" and cand.r2 > 0.99999
@@ -256,7 +278,7 @@ def test_state_dict_round_trip_rebuilds_symbolic_edges(tmp_path):
     fix_symbolic(model, 0, 0, 1, "sin", params=(2.0, 0.1, 1.0, 0.0))
     fix_symbolic(model, 0, 1, 1, "x^2", params=(1.0, -0.2, 0.5, 0.3))
     fix_symbolic(model, 1, 1, 0, "exp", params=(0.5, 0.0, 1.2, -1.0))
-    x = torch.rand(40, 2, dtype=D) * 2 - 1
+    x = torch.rand(40, 2, dtype=D, generator=torch.Generator().manual_seed(4)) * 2 - 1
     fresh = KAN(**model.config).to(D)
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
@@ -272,7 +294,7 @@ def test_state_dict_round_trip_rebuilds_symbolic_edges(tmp_path):
 
 def test_copies_pruning_and_unfix_keep_symbolic_edges_consistent():
     model = KAN([2, 3, 1], seed=0, dtype=D)
-    x = torch.rand(100, 2, dtype=D) * 2 - 1
+    x = torch.rand(100, 2, dtype=D, generator=torch.Generator().manual_seed(5)) * 2 - 1
     fix_symbolic(model, 0, 1, 2, "sin", params=(3.0, 0.0, 1.0, 0.0))
     torch.testing.assert_close(copy.deepcopy(model)(x), model(x))
     with torch.no_grad():  # hidden node 0 carries nothing: pruning removes it without changing the function
