@@ -157,12 +157,13 @@ def test_reference_answers_agree_with_kanedu():
         G = answers.overfit_grid(widths, k, n)
         assert count_parameters(KAN(widths, grid_size=G, spline_order=k)) > n
         assert G == 1 or count_parameters(KAN(widths, grid_size=G - 1, spline_order=k)) <= n
-    model = KAN([3, 2], grid_size=4, seed=0)
-    x = torch.rand(50, 3, generator=gen) * 2 - 1
+    model = KAN([3, 2], grid_size=4, seed=0, dtype=torch.float64)
+    x = torch.rand(50, 3, generator=gen, dtype=torch.float64) * 2 - 1
     with torch.no_grad():
         phi = model.layers[0].edge_activations(x)  # [N, out, in]
-        assert torch.allclose(answers.sparsity_penalty(phi, 2.0), model.regularization_loss(x), rtol=1e-9)
-        assert torch.allclose(answers.edge_shares(phi), model.attribution(x)[1][0], rtol=1e-9)
+        torch.testing.assert_close(answers.sparsity_penalty(phi, x, 2.0), model.regularization_loss(x))
+        out_scores = torch.full((2,), 0.5, dtype=torch.float64)  # 1 / n_outputs each
+        torch.testing.assert_close(answers.edge_scores(phi, out_scores), model.attribution(x)[1][0])
 
 
 def test_importing_kanedu_does_not_import_the_grader():

@@ -17,7 +17,7 @@ from kanedu.splines import bspline_basis
 
 __all__ = [
     "ka_counts", "ka_network", "koppen_psi", "support_mask", "expanded_features", "overfit_grid", "train_adam",
-    "sparsity_penalty", "fit_cd", "symbolic_score", "edge_shares",
+    "sparsity_penalty", "fit_cd", "symbolic_score", "edge_scores",
 ]
 
 
@@ -98,12 +98,14 @@ def train_adam(model, dataset, steps: int, lr: float) -> list[float]:
 
 # ---- exercise 05: interpretability ----------------------------------------------------------------
 
-def sparsity_penalty(phi: torch.Tensor, mu: float = 2.0) -> torch.Tensor:
-    """R = sum_ij |phi_ij|_1 + mu S with |phi_ij|_1 = mean_n |phi_ij(x_n)|, S = -sum p log p, p = |phi|_1 / sum."""
-    l1 = phi.abs().mean(0)
-    p = l1 / l1.sum()
-    entropy = -(p * torch.log(p)).nan_to_num(nan=0.0).sum()  # 0 log 0 = 0
-    return l1.sum() + mu * entropy
+def sparsity_penalty(phi: torch.Tensor, x: torch.Tensor, mu: float = 2.0) -> torch.Tensor:
+    """pykan's penalty of one layer: s = std phi / (std x + 0.1); sum s + mu (H_rows + H_cols)."""
+    s = phi.std(0) / (x.std(0) + 0.1)  # [out, in]
+    p_row = s / (s.sum(1, keepdim=True) + 1)
+    p_col = s / (s.sum(0, keepdim=True) + 1)
+    h_row = -(p_row * torch.log2(p_row + 1e-4)).sum(1).mean()
+    h_col = -(p_col * torch.log2(p_col + 1e-4)).sum(0).mean()
+    return s.sum() + mu * (h_row + h_col)
 
 
 def fit_cd(x: torch.Tensor, y: torch.Tensor, f, a: float, b: float):
@@ -122,7 +124,6 @@ def symbolic_score(r2: float, complexity: float, cap: float = 6.0) -> float:
     return quality - complexity
 
 
-def edge_shares(phi: torch.Tensor) -> torch.Tensor:
-    """[out, in]: std_n phi_ji / sum_i std_n phi_ji (population std), the attribution share of each edge."""
-    spread = phi.std(0, unbiased=False)
-    return spread / spread.sum(1, keepdim=True)
+def edge_scores(phi: torch.Tensor, node_scores: torch.Tensor) -> torch.Tensor:
+    """[out, in]: std_n phi_ji / (std_n sum_i phi_ji + 1e-4) * score_j, pykan's attribution of one layer."""
+    return phi.std(0) * (node_scores / (phi.sum(-1).std(0) + 1e-4)).unsqueeze(1)

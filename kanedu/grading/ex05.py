@@ -1,4 +1,4 @@
-"""Exercise 05, interpretability: the sparsity penalty, affine fits and scores, attribution shares."""
+"""Exercise 05, interpretability: the sparsity penalty, affine fits and scores, attribution scores."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def _phi_cases(gen, hidden, zero_edge_first=True):
             0.1 * magnitude * rand(gen, N, 1, 1, lo=-1, hi=1)
         if n_in > 1 and ((i == 0 and zero_edge_first) or (hidden and i % 3 == 2)):
             phi[:, 0, 0] = 0.0  # a pruned (masked) edge: exactly zero
-        cases.append({"phi": phi, "mu": choice(gen, [2.0, 1.0, 0.5]) if hidden else 2.0})
+        x = rand(gen, N, n_in, lo=-1, hi=1) * torch.exp(rand(gen, 1, n_in, lo=-2, hi=1))  # inputs of varied spread
+        scores = torch.exp(rand(gen, n_out, lo=-3, hi=0))  # the scores of the nodes the edges feed
+        cases.append({"phi": phi, "x": x, "scores": scores, "mu": choice(gen, [2.0, 1.0, 0.5]) if hidden else 2.0})
     return cases
 
 
@@ -36,7 +38,7 @@ def _penalty_judge(case, out):
     msg = is_number(out, "the penalty")
     if msg:
         return msg
-    expected = answers.sparsity_penalty(case["phi"], case["mu"]).item()
+    expected = answers.sparsity_penalty(case["phi"], case["x"], case["mu"]).item()
     got = float(as_number(out))
     if not math.isclose(got, expected, rel_tol=1e-8, abs_tol=1e-10):
         return f"expected R = {expected:.10g}, got {got:.10g}"
@@ -46,11 +48,12 @@ def _penalty_judge(case, out):
 PENALTY = Part(
     name="ex05.sparsity_penalty", title="The sparsity penalty of one layer", answer="sparsity_penalty",
     points=3, minutes=15, seconds=1,
-    hint="|phi_ij|_1 = phi.abs().mean(0) has shape [out, in]; p = that / its sum; S = -sum p log p, where an "
-         "edge with p = 0 adds 0 (torch.log(0) is -inf and 0 * -inf is nan: use torch.where or torch.xlogy).",
-    cases=_phi_cases, run=lambda answer, c: answer(c["phi"].clone(), c["mu"]), judge=_penalty_judge,
+    hint="s = phi.std(0) / (x.std(0) + 0.1) has shape [out, in] (phi.std(0) is [out, in], x.std(0) is [in] and "
+         "broadcasts); p_row = s / (s.sum(1, keepdim=True) + 1), p_col = s / (s.sum(0, keepdim=True) + 1); the row "
+         "entropy is -(p_row * torch.log2(p_row + 1e-4)).sum(1).mean(), the column one sums over dim 0.",
+    cases=_phi_cases, run=lambda answer, c: answer(c["phi"].clone(), c["x"].clone(), c["mu"]), judge=_penalty_judge,
     describe=_describe_phi,
-    forbidden=("kanedu.models:KAN.regularization_loss", "kanedu.models:KAN.edge_scales"),
+    forbidden=("kanedu.models:KAN.regularization_loss", "kanedu.models:KAN.edge_statistics"),
 )
 
 _FUNCTIONS = {"x": lambda u: u, "x^2": lambda u: u**2, "sin": torch.sin, "exp": torch.exp, "tanh": torch.tanh}
@@ -144,21 +147,23 @@ SCORE = Part(
 )
 
 
-def _shares_judge(case, out):
-    expected = answers.edge_shares(case["phi"])
-    msg = is_tensor(out, expected.shape, torch.float64, "the shares")
-    return msg or close(out, expected, rtol=1e-8, atol=1e-10, what="share[out, in]")
+def _scores_judge(case, out):
+    expected = answers.edge_scores(case["phi"], case["scores"])
+    msg = is_tensor(out, expected.shape, torch.float64, "the scores")
+    return msg or close(out, expected, rtol=1e-8, atol=1e-10, what="score[out, in]")
 
 
-SHARES = Part(
-    name="ex05.edge_shares", title="Attribution: each edge's share of its node", answer="edge_shares",
+SCORES = Part(
+    name="ex05.edge_scores", title="Attribution: the score of each edge", answer="edge_scores",
     points=2, minutes=10, seconds=1,
-    hint="std over the samples (dim 0, unbiased=False) gives [out, in]; divide by its sum over the inputs "
-         "(dim 1, keepdim=True), so every output node's shares add up to 1.",
+    hint="phi.std(0) is the spread of every edge [out, in]; phi.sum(-1).std(0) the spread of every node's sum "
+         "[out]; divide the first by the second (+ 1e-4) along dim 0 and multiply by the node scores, "
+         "unsqueezed to [out, 1].",
     cases=lambda gen, hidden: _phi_cases(gen, hidden, zero_edge_first=False),
-    run=lambda answer, c: answer(c["phi"].clone()), judge=_shares_judge,
-    describe=_describe_phi, forbidden=("kanedu.models:KAN.attribution", "kanedu.models:KAN.prune"),
+    run=lambda answer, c: answer(c["phi"].clone(), c["scores"].clone()), judge=_scores_judge,
+    describe=_describe_phi, forbidden=("kanedu.models:KAN.attribution", "kanedu.models:KAN.attribute",
+                                       "kanedu.models:KAN.prune", "kanedu.models:KAN.edge_statistics"),
 )
 
 EXERCISE = Exercise(id="ex05", notebook="05_interpretability", title="Interpretability",
-                    parts=(PENALTY, FIT, SCORE, SHARES))
+                    parts=(PENALTY, FIT, SCORE, SCORES))
