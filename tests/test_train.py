@@ -1,4 +1,4 @@
-"""kanedu.train and kanedu.runtime: fit() on toy problems, its failure handling, History, seeds, CPU and device setup."""
+"""kanedu.train and kanedu.runtime: fit() on toy problems, failure handling, History, seeds, CPU and devices."""
 
 import functools
 import inspect
