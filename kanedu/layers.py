@@ -7,10 +7,13 @@ Every edge ``i -> j`` carries its own function of one variable,
 with ``b`` a fixed base activation (SiLU by default) and ``B_m`` the B-spline bases on feature ``i``'s
 grid; a node adds what arrives: ``y_j = sum_i mask[i, j] * phi_ij(x_i)``.
 
-All the weights are combined in one place (``combined_weight``): ``W[i, 0, j] = mask * w_b`` and
+All the weights are combined in one place (``combine_weights``): ``W[i, 0, j] = mask * w_b`` and
 ``W[i, 1 + m, j] = mask * w_s * c[i, j, m]``. The forward pass is then one matrix product with the
-expanded features (``kanedu.kernels``), and grid operations only ever touch ``c`` (the scale ``w_s``
-is never folded into the coefficients, so it cannot be applied twice).
+expanded features, ``y = Phi(x) @ W`` (``kanedu.kernels.kan_linear``), and grid operations only ever touch
+``c`` (the scale ``w_s`` is never folded into the coefficients, so it cannot be applied twice).
+
+The layer keeps its knots' piecewise-polynomial table (``splines.interval_table``) as buffers next to the
+grid; ``set_grid`` replaces both, and every grid operation goes through it.
 
 Symbolic edges (lesson 05): ``kanedu.symbolic.fix_symbolic`` masks an edge and hands it to an optional
 submodule ``layer.symbolic`` (a ``kanedu.symbolic.SymbolicEdges``, ``None`` by default) that computes
@@ -23,12 +26,16 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
-from . import kernels, native
 from ._checks import integer
+from .activations import BASE_ACTIVATIONS, activation_name
+from .kernels import autocast_enabled as _autocast
+from .kernels import kan_linear
 from .splines import (
+    IntervalTable,
     _check_grid_size,
     _check_order,
     _check_range,
@@ -36,47 +43,31 @@ from .splines import (
     bspline_basis,
     curve_to_coef,
     extend_grid,
+    interval_table,
     is_uniform,
     uniform_grid,
 )
 
-__all__ = ["KANLayer", "BASE_ACTIVATIONS"]
-
-BASE_ACTIVATIONS = {
-    "silu": nn.functional.silu,
-    "identity": lambda x: x,
-    "tanh": torch.tanh,
-    "relu": torch.relu,
-    "gelu": nn.functional.gelu,
-    "zero": None,
-}
-_MODULE_NAMES = {nn.SiLU: "silu", nn.Identity: "identity", nn.Tanh: "tanh", nn.ReLU: "relu", nn.GELU: "gelu"}
+__all__ = ["KANLayer", "BASE_ACTIVATIONS", "combine_weights", "combine_weights_grad"]
 
 
-def _activation_name(base_activation) -> str:
-    if base_activation is None:
-        return "zero"
-    if isinstance(base_activation, str):
-        name = base_activation.lower()
-        if name not in BASE_ACTIVATIONS:
-            raise ValueError(f"base_activation must be one of {sorted(BASE_ACTIVATIONS)}, got {base_activation!r}")
-        return name
-    if isinstance(base_activation, type) and base_activation in _MODULE_NAMES:
-        return _MODULE_NAMES[base_activation]
-    if isinstance(base_activation, nn.Module) and type(base_activation) in _MODULE_NAMES:
-        return _MODULE_NAMES[type(base_activation)]
-    raise ValueError(
-        f"base_activation must be a name in {sorted(BASE_ACTIVATIONS)} or one of "
-        f"{[c.__name__ for c in _MODULE_NAMES]}, got {base_activation!r}"
-    )
+def combine_weights(coef, scale_base, scale_spline, mask):
+    """The combined weight ``W [in, n + 1, out]`` of the edges: ``W[i, 0, j] = mask * w_b`` (the base
+    activation's slot), ``W[i, 1 + m, j] = mask * w_s * c[i, j, m]``.
+
+    ``coef [in, out, n]``, the others ``[in, out]``; torch tensors (differentiable) or NumPy arrays.
+    """
+    cat = np.concatenate if isinstance(coef, np.ndarray) else torch.cat
+    spline = (mask * scale_spline)[..., None] * coef  # [in, out, n]
+    return cat([(mask * scale_base)[:, None, :], spline.swapaxes(1, 2)], 1)
 
 
-def _adopt_interval_table(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """After ``dst.copy_(src)``: let ``dst`` reuse the interval table (``kernels.interval_table``)
-    cached on ``src``, instead of building it again at the next forward pass."""
-    cached = getattr(src, "_kanedu_interval_table", None)
-    if cached is not None and cached[0][0] == src._version and torch.equal(dst, src):
-        dst._kanedu_interval_table = ((dst._version, cached[0][1]), cached[1])
+def combine_weights_grad(grad_w, coef, scale_spline, mask):
+    """The chain rule through :func:`combine_weights`: ``dL/dW [in, n + 1, out]`` ->
+    ``(dL/dcoef [in, out, n], dL/dw_b [in, out], dL/dw_s [in, out])`` (for the fused engine, which has no
+    autograd; tests hold it to autograd)."""
+    g_spline = grad_w[:, 1:].swapaxes(1, 2)  # dL/d(mask * w_s * c), [in, out, n]
+    return (mask * scale_spline)[..., None] * g_spline, mask * grad_w[:, 0], mask * (g_spline * coef).sum(-1)
 
 
 class KANLayer(nn.Module):
@@ -120,7 +111,7 @@ class KANLayer(nn.Module):
         if not 0.0 <= float(grid_eps) <= 1.0:
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps}")
         self.grid_eps = float(grid_eps)
-        self.base_activation = _activation_name(base_activation)
+        self.base_activation = activation_name(base_activation)
         self.noise_scale = float(noise_scale)
         self.scale_base_mu, self.scale_base_sigma, self.scale_sp = float(scale_base_mu), float(scale_base_sigma), float(
             scale_sp)
@@ -130,11 +121,14 @@ class KANLayer(nn.Module):
         n = self.grid_size + self.spline_order
         grid = uniform_grid(self.grid_size, self.spline_order, self.grid_range, **fk)
         self.register_buffer("grid", grid.expand(in_features, -1).contiguous())
+        for name in IntervalTable._fields:  # the grid's interval table (set_grid keeps it in step)
+            self.register_buffer("_table_" + name, None, persistent=False)
+        self._uniform = True
         self.register_buffer("mask", torch.ones(in_features, out_features, **fk))
         self.coef = nn.Parameter(torch.empty(in_features, out_features, n, **fk))
         self.scale_base = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=self.sb_trainable)
         self.scale_spline = nn.Parameter(torch.empty(in_features, out_features, **fk), requires_grad=self.sp_trainable)
-        self._uniform = True
+        self.set_grid(self.grid)
         # edges replaced by formulas: a kanedu.symbolic.SymbolicEdges set by fix_symbolic (None: none)
         self.symbolic: nn.Module | None = None
         self.reset_parameters(generator)
@@ -148,10 +142,11 @@ class KANLayer(nn.Module):
         touching the global RNG."""
         with torch.no_grad():
             bound = 1.0 / math.sqrt(self.in_features)
-            u = torch.rand(self.scale_base.shape, generator=generator, dtype=self.coef.dtype)
+            # drawn on the CPU (the generator's device), so a seed gives the same model on every device
+            u = torch.rand(self.scale_base.shape, generator=generator, dtype=self.coef.dtype, device="cpu")
             self.scale_base.copy_((self.scale_base_mu + self.scale_base_sigma * (2 * u - 1)) * bound)
             self.scale_spline.fill_(self.scale_sp * bound)
-            noise = torch.randn(self.coef.shape, generator=generator, dtype=self.coef.dtype)
+            noise = torch.randn(self.coef.shape, generator=generator, dtype=self.coef.dtype, device="cpu")
             self.coef.copy_(noise * self.noise_scale / self.grid_size)
             self.mask.fill_(1.0)
 
@@ -178,24 +173,54 @@ class KANLayer(nn.Module):
             self.symbolic = SymbolicEdges(self.in_features, self.out_features, device=self.coef.device,
                                           dtype=self.coef.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._uniform = is_uniform(self.grid)
+        self.set_grid(self.grid)
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        self._uniform = is_uniform(self.grid)  # e.g. .double() can make a float32 grid test non-uniform
+        if self.grid.device.type == "meta":  # no values to rebuild from: the table moved with the grid
+            self._grid_version = self.grid._version
+        else:
+            self.set_grid(self.grid)  # a table cast from float32 would lose precision; .double() can change is_uniform
         return out
+
+    # ---- the grid and its table ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_grid(self, grid: torch.Tensor) -> None:
+        """Use the knots ``grid [in, G + 2k + 1]`` (non-decreasing per row) and rebuild their interval table.
+
+        The coefficients are left as they are (``update_grid`` and ``refine`` refit them to keep the
+        function). Grid operations call it; a grid written in place (``layer.grid.copy_``) is noticed at the
+        next forward pass, which calls it then.
+        """
+        k = self.spline_order
+        if grid.dim() != 2 or grid.shape[0] != self.in_features or grid.shape[1] != self.coef.shape[-1] + k + 1:
+            raise ValueError(f"grid must be [in_features={self.in_features}, {self.coef.shape[-1] + k + 1}], "
+                             f"got shape {tuple(grid.shape)}")
+        if grid is not self.grid:
+            self.grid.copy_(grid)
+        table = interval_table(self.grid, k)
+        for name, t in zip(IntervalTable._fields, table):
+            setattr(self, "_table_" + name, t)
+        if self.grid.device.type != "meta":  # a meta tensor has no values to test (it keeps the last answer)
+            self._uniform = is_uniform(self.grid)
+        self._grid_version = self.grid._version
+
+    @property
+    def table(self) -> IntervalTable:
+        """The piecewise-polynomial form of this layer's bases (``splines.interval_table`` of ``grid``)."""
+        return IntervalTable(*(getattr(self, "_table_" + name) for name in IntervalTable._fields))
 
     # ---- the one place where the weights are combined --------------------------------------------
 
     def combined_weight(self) -> torch.Tensor:
         """``W [in, G + k + 1, out]``: slot 0 = ``mask * w_b``, slots ``1..`` = ``mask * w_s * c``."""
-        m = self.mask
-        spline = (m * self.scale_spline).unsqueeze(-1) * self.coef  # [in, out, n]
-        return torch.cat([(m * self.scale_base).unsqueeze(1), spline.transpose(1, 2)], dim=1)
+        return combine_weights(self.coef, self.scale_base, self.scale_spline, self.mask)
 
     # ---- forward -------------------------------------------------------------------------------------
 
     def _check_input(self, x) -> torch.Tensor:
+        """``x`` checked (type, width, device, dtype); under autocast cast to the layer's dtype."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -204,27 +229,30 @@ class KANLayer(nn.Module):
             raise ValueError(
                 f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}"
             )
+        if x.device != self.coef.device:
+            raise ValueError(f"x is on {x.device} but the layer is on {self.coef.device}; "
+                             f"move the data with x.to({str(self.coef.device)!r}) (or the model with .to())")
         if x.dtype != self.coef.dtype:
+            if _autocast(x):  # the previous layer's output in the autocast dtype: splines stay in ours
+                return x.to(self.coef.dtype)
             raise TypeError(f"x has dtype {x.dtype} but the layer is {self.coef.dtype}; use layer.to({x.dtype})")
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., in_features]`` -> ``[..., out_features]`` (fast path, no per-edge tensors)."""
+        """``x [..., in_features]`` -> ``y [..., out_features]``, ``y_j = sum_i phi_ij(x_i)`` with
+        ``phi_ij(x) = mask_ij (w_b b(x) + w_s sum_m c_ijm B_m(x))`` (plus the symbolic edges, if any).
+
+        Computed as ``Phi(x) @ W`` (``kernels.kan_linear``): the same sum, without a tensor per edge.
+        """
         x = self._check_input(x)
+        if not torch.compiler.is_compiling() and self.grid._version != self._grid_version:
+            self.set_grid(self.grid)  # the grid was written in place (layer.grid.copy_): its table follows
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.spline_order == 0:  # piecewise constant: no derivative, use the reference
-            return self.forward_reference(x2).reshape(*lead, self.out_features)  # includes symbolic edges
-        # the kernel has closed-form derivatives for named activations, and uses autograd for the others
-        name = self.base_activation
-        base = None if name == "zero" else name if name in kernels.BASE_FUNCTIONS else BASE_ACTIVATIONS[name]
-        if native.supports(x2, self.coef, self.spline_order):  # CPU: compiled loops, weights combined there
-            y = native.kan_layer(x2, self.coef, self.scale_base, self.scale_spline, self.mask, self.grid,
-                                 self.spline_order, base, self._uniform)
-        else:
-            y = kernels.kan_linear(x2, self.combined_weight(), self.grid, self.spline_order, base, self._uniform)
+        y = kan_linear(x2, self.combined_weight(), self.grid, self.table, self.spline_order,
+                       self.base_activation, self._uniform)  # [N, out] = sum_i phi_ij(x_i)
         if self.symbolic is not None:
-            y = y + self.symbolic(x2)
+            y = y + self.symbolic(x2).to(y.dtype)
         return y.reshape(*lead, self.out_features)
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,14 +294,13 @@ class KANLayer(nn.Module):
         coef = curve_to_coef(x, target, new_grid, self.spline_order, ridge=ridge)
         if coef.shape == self.coef.shape:
             # in place, so an optimizer that holds these tensors keeps training them (update_grid in fit)
-            self.grid.copy_(new_grid)
-            _adopt_interval_table(self.grid, new_grid)  # the fit above built it: reuse it
+            self.set_grid(new_grid)
             self.coef.copy_(coef)
         else:  # refine: new shapes, a new parameter (call it between fits)
             self.grid = new_grid.contiguous()
             self.coef = nn.Parameter(coef.contiguous(), requires_grad=self.coef.requires_grad)
+            self.set_grid(self.grid)
         self.grid_size = new_grid_size
-        self._uniform = is_uniform(self.grid)
 
     @torch.no_grad()
     def update_grid(self, x: torch.Tensor, grid_eps: float | None = None) -> None:
@@ -335,12 +362,11 @@ class KANLayer(nn.Module):
         out_idx = torch.as_tensor(out_idx, dtype=torch.long, device=self.grid.device)
         cfg = dict(self.config, in_features=len(in_idx), out_features=len(out_idx))
         new = KANLayer(**cfg, device=self.grid.device, dtype=self.coef.dtype)
-        new.grid = self.grid[in_idx].clone()
+        new.set_grid(self.grid[in_idx])
         new.mask.copy_(self.mask[in_idx][:, out_idx])
         new.coef.copy_(self.coef[in_idx][:, out_idx])
         new.scale_base.copy_(self.scale_base[in_idx][:, out_idx])
         new.scale_spline.copy_(self.scale_spline[in_idx][:, out_idx])
-        new._uniform = self._uniform
         if self.symbolic is not None:
             new.symbolic = self.symbolic.subset(in_idx, out_idx)
         return new

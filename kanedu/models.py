@@ -28,7 +28,8 @@ from . import plot as _plot
 from . import symbolic as _symbolic
 from . import train as _train
 from ._checks import integer, is_integer
-from .layers import BASE_ACTIVATIONS, KANLayer, _activation_name
+from .activations import BASE_ACTIVATIONS, activation_name
+from .layers import KANLayer
 
 __all__ = ["KAN", "MLP", "count_parameters", "matched_mlp", "mlp_parameter_count", "flops_per_sample"]
 
@@ -131,7 +132,7 @@ class KAN(nn.Module):
             grid_size=integer("grid_size", grid_size, minimum=1), spline_order=integer("spline_order", spline_order,
                                                                                        minimum=0),
             grid_range=tuple(float(v) for v in grid_range), grid_eps=grid_eps,
-            base_activation=_activation_name(base_activation), noise_scale=noise_scale, scale_base_mu=scale_base_mu,
+            base_activation=activation_name(base_activation), noise_scale=noise_scale, scale_base_mu=scale_base_mu,
             scale_base_sigma=scale_base_sigma, scale_sp=scale_sp,
             sb_trainable=learn_scales if sb_trainable is None else sb_trainable,
             sp_trainable=learn_scales if sp_trainable is None else sp_trainable,
@@ -164,8 +165,8 @@ class KAN(nn.Module):
     def subnode_to_node(self, level: int) -> torch.Tensor:
         """``[subnodes(level)]``: the node of ``level`` that each output of the layer into it feeds."""
         n_sum = self.widths[level] - self.n_mult[level]
-        mult = n_sum + torch.arange(self.n_mult[level]).repeat_interleave(self.mult_arity)
-        return torch.cat([torch.arange(n_sum), mult])
+        mult = n_sum + torch.arange(self.n_mult[level], device="cpu").repeat_interleave(self.mult_arity)
+        return torch.cat([torch.arange(n_sum, device="cpu"), mult])  # indices, on the CPU like a list
 
     def nodes(self, level: int, h):
         """The nodes of ``level`` from the outputs of the layer into it: ``h [..., subnodes]`` ->
@@ -333,11 +334,11 @@ class KAN(nn.Module):
         When no node of a level passes, its strongest node is kept (the network is never cut in two)."""
         x = self._inputs(x, "prune_node")
         node, _ = self.attribution(x)
-        keep = [torch.arange(self.widths[0])]
+        keep = [torch.arange(self.widths[0], device="cpu")]
         for l in range(1, len(self.widths) - 1):
             kept = torch.nonzero(node[l].cpu() > threshold).flatten()
             keep.append(kept if len(kept) else node[l].cpu().argmax().view(1))
-        keep.append(torch.arange(self.widths[-1]))
+        keep.append(torch.arange(self.widths[-1], device="cpu"))
         new = copy.deepcopy(self)
         for l, layer in enumerate(new.layers):
             # the layer's outputs that feed kept nodes (all subnodes of a kept multiplication node)
@@ -459,7 +460,7 @@ class MLP(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         self.widths = _check_widths(widths)
-        name = _activation_name(activation)
+        name = activation_name(activation)
         if name == "zero":
             raise ValueError("activation must not be 'zero' for an MLP")
         self.activation, self.bias, self.seed = name, bias, seed

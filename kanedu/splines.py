@@ -12,18 +12,21 @@ Outside the extended knots ``[t_0, t_{m-1}]`` every basis is zero (as in pykan):
 keeps its residual (SiLU) part. Between ``t_0`` and ``t_k`` (and ``t_n`` .. ``t_{m-1}``) the bases that
 exist are evaluated exactly but no longer sum to one.
 
-Two evaluation paths give the same numbers:
+Two formulations give the same numbers, and tests hold them to each other:
 
 * ``cox_de_boor`` -- the readable reference recursion, any knots, any order;
-* ``uniform_local_bases`` -- for equally spaced knots: locate the interval with ``floor`` and evaluate
-  only the ``k + 1`` non-zero bases from the local coordinate ``s in [0, 1]``. Every term of the
-  recursion is non-negative, so it stays accurate in float32 at any grid size (the unclamped
-  truncated-power formula does not).
-
-``bspline_basis`` picks the fast path automatically when the knots are uniform.
+* the piecewise-polynomial form (``interval_table``, ``locate``, ``local_bases``) -- on each knot interval
+  the ``k + 1`` bases that do not vanish are fixed polynomials of a local coordinate ``s in [0, 1)``:
+  find the interval, evaluate those polynomials. Every fast path of kanedu evaluates bases this way: the
+  torch kernel (``kanedu.kernels``, GPUs), the compiled CPU loops (``kanedu.native``), the fused
+  training engine and ``bspline_basis``. On uniform knots all full intervals share one set of
+  polynomials (``uniform_polynomials``, from the recursion ``uniform_local_bases`` that lesson 02 reads).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import torch
 
@@ -40,6 +43,12 @@ __all__ = [
     "locate_uniform",
     "uniform_local_bases",
     "uniform_local_bases_and_derivatives",
+    "IntervalTable",
+    "interval_table",
+    "uniform_polynomials",
+    "locate",
+    "local_bases",
+    "scatter_bases",
     "coef_to_curve",
     "curve_to_coef",
 ]
@@ -249,7 +258,7 @@ def cox_de_boor(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch
 
 
 # --------------------------------------------------------------------------------------------------
-# the fast path: uniform knots, only the k + 1 non-zero bases
+# the uniform local bases, as the recursion (lesson 02 reads these)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -302,32 +311,186 @@ def uniform_local_bases_and_derivatives(s: torch.Tensor, spline_order: int):
     return uniform_local_bases(s, k), deriv
 
 
-def _uniform_params(grid: torch.Tensor):
-    t0 = grid[..., 0]
-    h = (grid[..., -1] - grid[..., 0]) / (grid.shape[-1] - 1)
-    return t0, h
+# --------------------------------------------------------------------------------------------------
+# the piecewise-polynomial form: what every fast path evaluates
+# --------------------------------------------------------------------------------------------------
+#
+# On one knot interval the k + 1 bases that do not vanish there are polynomials of degree k in the local
+# coordinate s in [0, 1). Tabulated once per grid, they make evaluating the bases at any x three steps,
+# which the torch kernel (kanedu.kernels), the compiled CPU loops (kanedu.native) and the dense bases
+# below all take in the same way:
+#
+#   1. locate x: its row r = (interval + 1) of the table, 0 left of the knots, m right of them
+#      (a floor on uniform knots, a count of the knots <= x on others);
+#   2. s = (x - t_left[r]) * inv_width[r];
+#   3. basis r - 1 - k + j is  sum_p coef[r, p, j] s^p  (Horner's rule), for j = 0 .. k.
+#
+# Rows 0 and m, empty intervals, and the columns of bases beyond the ends hold zeros, so the steps need
+# no masks: a basis that does not exist comes out as an exact 0.
 
 
-def _scatter_local(local: torch.Tensor, i: torch.Tensor, inside: torch.Tensor, k: int, n_bases: int):
-    """Place local values ``[..., k + 1]`` of interval ``i`` into dense ``[..., n_bases]``."""
-    local = local * inside.unsqueeze(-1).to(local.dtype)
-    n_int = n_bases + k  # intervals of the knot vector
-    padded = torch.zeros(*local.shape[:-1], n_int + k, dtype=local.dtype, device=local.device)
-    idx = i.unsqueeze(-1) + torch.arange(k + 1, device=i.device)
-    padded = padded.scatter(-1, idx, local)
-    return padded[..., k : k + n_bases]
+class IntervalTable(NamedTuple):
+    """The piecewise-polynomial form of the B-spline bases on a grid ``[in, m]`` of order ``k``."""
+
+    coef: torch.Tensor  #: ``[in, m + 1, k + 1 powers, k + 1 bases]``
+    t_left: torch.Tensor  #: ``[in, m + 1]``: the left knot of each row's interval
+    inv_width: torch.Tensor  #: ``[in, m + 1]``: ``1 / (t_{i+1} - t_i)`` (0 for empty rows)
+    poly: torch.Tensor  #: ``[k + 1 powers, k + 1 bases]``: :func:`uniform_polynomials` (on the grid's device)
+
+    def to(self, *args, **kwargs) -> IntervalTable:
+        return IntervalTable(*(t.to(*args, **kwargs) for t in self))
 
 
-def _uniform_basis(x, grid, k, derivative=False):
-    t0, h = _uniform_params(grid)
-    n_bases = grid.shape[-1] - k - 1
-    i, s, inside = locate_uniform(x, t0, h, grid.shape[-1] - 1)
+@functools.cache
+def uniform_polynomials(spline_order: int) -> tuple[tuple[float, ...], ...]:
+    """``C[p][j]``: on every full interval of a uniform grid, local basis ``j`` is ``sum_p C[p][j] s^p``.
+
+    The uniform Cox-de Boor recursion of :func:`uniform_local_bases`, run on coefficient lists.
+    """
+    k = _check_order(spline_order)
+
+    def mul(a, b):  # polynomial product, coefficients lowest power first
+        out = [0.0] * (len(a) + len(b) - 1)
+        for i, u in enumerate(a):
+            for j, v in enumerate(b):
+                out[i + j] += u * v
+        return out
+
+    def add(a, b):
+        n = max(len(a), len(b))
+        return [(a[i] if i < len(a) else 0.0) + (b[i] if i < len(b) else 0.0) for i in range(n)]
+
+    b = [[1.0]]
+    for d in range(1, k + 1):
+        nxt = []
+        for j in range(d + 1):
+            term = [0.0]
+            if j >= 1:
+                term = add(term, mul([float(d - j), 1.0], b[j - 1]))
+            if j < d:
+                term = add(term, mul([float(j + 1), -1.0], b[j]))
+            nxt.append([c / d for c in term])
+        b = nxt
+    return tuple(tuple(poly[p] if p < len(poly) else 0.0 for poly in b) for p in range(k + 1))
+
+
+def interval_table(grid: torch.Tensor, spline_order: int) -> IntervalTable:
+    """The piecewise-polynomial form of the bases on ``grid [in, m]`` (any knots), on the grid's device.
+
+    On interval ``[t_i, t_{i+1})`` (row ``i + 1``) basis ``B_{i-k+j}`` equals ``sum_p coef[f, i+1, p, j] s^p``
+    exactly, a polynomial of degree ``k``: it is found by evaluating the Cox-de Boor reference at ``k + 1``
+    Chebyshev nodes of the interval and solving the small Vandermonde systems, in float64. Returned in the
+    grid's dtype.
+    """
+    k = _check_order(spline_order)
+    grid = _check_grid(grid, k)
+    if grid.dim() != 2:
+        raise ValueError(f"interval_table needs a grid [in_features, n_knots], got shape {tuple(grid.shape)}")
+    g = grid.detach().to(torch.float64)
+    f64 = {"dtype": torch.float64, "device": g.device}
+    n_in, m = g.shape
+    n = m - k - 1
+    nodes = (1 - torch.cos(torch.pi * (torch.arange(k + 1, **f64) + 0.5) / (k + 1))) / 2
+    left, width = g[:, :-1], g[:, 1:] - g[:, :-1]  # [in, m - 1] intervals
+    x = left.unsqueeze(-1) + width.unsqueeze(-1) * nodes  # [in, m - 1, k + 1]
+    B = cox_de_boor(x.permute(1, 2, 0).reshape(-1, n_in), g, k)  # [(m - 1)(k + 1), in, n]
+    B = B.view(m - 1, k + 1, n_in, n).permute(2, 0, 1, 3)  # [in, interval, node, basis]
+    # the k + 1 bases that can be non-zero on interval i: i - k .. i (those beyond the ends are 0)
+    pad = torch.zeros(n_in, m - 1, k + 1, k, **f64)
+    Bp = torch.cat([pad, B, pad], dim=-1)  # basis b sits at column b + k
+    cols = torch.arange(m - 1, device=g.device).view(-1, 1) + torch.arange(k + 1, device=g.device).view(1, -1)
+    local = torch.gather(Bp, 3, cols.view(1, m - 1, 1, k + 1).expand(n_in, -1, k + 1, -1))
+    V = nodes.unsqueeze(-1) ** torch.arange(k + 1, **f64)  # [node, power]
+    coef = torch.linalg.solve(V, local)  # [in, interval, power, basis]
+    coef = torch.where((width > 0).view(n_in, m - 1, 1, 1), coef, torch.zeros((), **f64))
+    zero_row = torch.zeros(n_in, 1, k + 1, k + 1, **f64)
+    inv_w = torch.where(width > 0, 1.0 / torch.where(width > 0, width, torch.ones((), **f64)), torch.zeros((), **f64))
+    edge = torch.zeros(n_in, 1, **f64)
+    table = IntervalTable(torch.cat([zero_row, coef, zero_row], dim=1), torch.cat([g[:, :1], left, g[:, -1:]], 1),
+                          torch.cat([edge, inv_w, edge], 1), torch.tensor(uniform_polynomials(k), **f64))
+    return table.to(grid.dtype)
+
+
+def locate(x: torch.Tensor, grid: torch.Tensor, uniform: bool) -> torch.Tensor:
+    """The table row of every ``x [..., in]`` on its feature's knots ``grid [in, m]``: ``[..., in]`` (long),
+    ``interval + 1`` in ``[0, m]`` (0 left of the knots, ``m`` at or right of the last one).
+
+    ``uniform=True`` (equally spaced knots) takes one floor; otherwise the knots ``<= x`` are counted by a
+    binary search. NaN inputs get row 0 (their bases come out NaN through ``s``, as they should).
+    """
+    m = grid.shape[-1]
+    xd = x.detach()
+    if uniform:
+        t0 = grid[:, 0]
+        inv_h = (m - 1) / (grid[:, -1] - grid[:, 0])
+        u = torch.nan_to_num((xd - t0) * inv_h, nan=-1.0, posinf=float(m), neginf=-1.0)
+        return (u.floor().clamp(-1, m - 1) + 1).long()
+    flat = xd.reshape(-1, grid.shape[0]).T.contiguous()  # [in, N]
+    rows = torch.searchsorted(grid.contiguous(), flat, right=True)  # NaN sorts last: row m, zeros
+    return rows.T.reshape(xd.shape)
+
+
+def _gather_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``t [in, m + 1, ...]`` at ``rows [..., in]`` -> ``[..., in, ...]``."""
+    n_in = t.shape[0]
+    flat = rows.reshape(-1, n_in) + torch.arange(n_in, device=rows.device) * t.shape[1]
+    out = t.reshape(n_in * t.shape[1], *t.shape[2:])[flat.reshape(-1)]
+    return out.reshape(*rows.shape, *t.shape[2:])
+
+
+def local_bases(x: torch.Tensor, grid: torch.Tensor, table: IntervalTable, spline_order: int, uniform: bool,
+                derivative: bool = False):
+    """The ``k + 1`` bases that can be non-zero at every ``x [..., in]``, by the three steps above.
+
+    Returns ``(first, values, dvalues)``: ``first [..., in]`` (long) is the index of the basis in
+    ``values[..., 0]``, ``values [..., in, k + 1]`` the bases ``first .. first + k`` (exactly 0 for those
+    that do not exist), and ``dvalues`` their ``d/dx`` (None unless ``derivative``). Differentiable in ``x``.
+    On uniform knots every full interval shares the polynomials of :func:`uniform_polynomials`, so nothing
+    is gathered but the row's left knot; the bases beyond the ends are zeroed by their index.
+    """
+    k = spline_order
+    n = grid.shape[-1] - k - 1
+    rows = locate(x, grid, uniform)
+    s = (x - _gather_rows(table.t_left, rows)) * _gather_rows(table.inv_width, rows)
+    first = rows - 1 - k
+    j = torch.arange(k + 1, device=x.device)
+    if uniform:
+        C = table.poly.to(x.dtype)  # [power, basis], kept on the device (no host-to-device copy per call)
+        values = _horner(C, s.unsqueeze(-1))
+        exists = ((first.unsqueeze(-1) + j) >= 0) & ((first.unsqueeze(-1) + j) < n)
+        values = values * exists
+        dvalues = None
+        if derivative:
+            dC = C[1:] * torch.arange(1, k + 1, dtype=x.dtype, device=x.device).unsqueeze(-1)
+            inv_h = (grid.shape[-1] - 1) / (grid[:, -1] - grid[:, 0])
+            dvalues = _horner(dC, s.unsqueeze(-1)) * exists * inv_h.unsqueeze(-1) if k else values * 0
+        return first, values, dvalues
+    T = _gather_rows(table.coef, rows)  # [..., in, power, basis]
+    values = _horner(T.movedim(-2, 0), s.unsqueeze(-1))
+    dvalues = None
     if derivative:
-        _, d = uniform_local_bases_and_derivatives(s, k)
-        local = d / h.to(x.dtype).unsqueeze(-1)
-    else:
-        local = uniform_local_bases(s, k)
-    return _scatter_local(local, i, inside, k, n_bases)
+        if k == 0:
+            dvalues = values * 0
+        else:
+            dT = T[..., 1:, :] * torch.arange(1, k + 1, dtype=x.dtype, device=x.device).unsqueeze(-1)
+            dvalues = _horner(dT.movedim(-2, 0), s.unsqueeze(-1)) * _gather_rows(table.inv_width, rows).unsqueeze(-1)
+    return first, values, dvalues
+
+
+def _horner(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``sum_p c[p] s^p`` with ``c [powers, ...]`` (broadcast against ``s``)."""
+    out = c[-1] + 0 * s
+    for p in range(c.shape[0] - 2, -1, -1):
+        out = out * s + c[p]
+    return out
+
+
+def scatter_bases(first: torch.Tensor, values: torch.Tensor, n_bases: int) -> torch.Tensor:
+    """Dense bases ``[..., n_bases]`` from :func:`local_bases`' ``first [...]`` and ``values [..., k + 1]``."""
+    k = values.shape[-1] - 1
+    idx = first.unsqueeze(-1) + torch.arange(k + 1, device=first.device) + (k + 1)  # in [0, n + 2k + 1]
+    dense = values.new_zeros(*values.shape[:-1], n_bases + 2 * k + 2).scatter(-1, idx, values)
+    return dense[..., k + 1: k + 1 + n_bases]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,15 +505,28 @@ def bspline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int, method
         x: ``[...]`` with a single knot vector ``grid [m]``, or ``[..., in_features]`` with one knot
             vector per feature ``grid [in_features, m]``. Floating point.
         grid: non-decreasing knots (any spacing; at least ``k + 2``).
-        method: ``"auto"`` (fast path on uniform knots; on other knots and ``[N, in]`` inputs, order >= 1,
-            per-interval polynomials, else the recursion), ``"reference"`` (always
-            Cox-de Boor), or ``"uniform"`` (fast path; the knots must be uniform).
+        method: ``"auto"`` (the piecewise-polynomial form for orders ``k >= 1``, the recursion for
+            ``k = 0``), ``"reference"`` (always Cox-de Boor), or ``"uniform"`` (the piecewise form
+            without gathering, for equally spaced knots only).
 
     Returns:
         ``[..., m - k - 1]`` or ``[..., in_features, m - k - 1]``; differentiable in ``x``. Equals
         ``scipy.interpolate.BSpline.design_matrix(x, grid, k)`` for ``x`` in ``[grid[k], grid[-k-1]]``;
         zero outside ``[grid[0], grid[-1]]``.
     """
+    return _basis(x, grid, spline_order, method, derivative=False)
+
+
+def bspline_basis_derivative(x: torch.Tensor, grid: torch.Tensor, spline_order: int,
+                             method: str = "auto") -> torch.Tensor:
+    """``d/dx`` of ``bspline_basis(x, grid, spline_order)``, same shapes.
+
+    ``B'_{i,k} = k / (t_{i+k} - t_i) B_{i,k-1} - k / (t_{i+k+1} - t_{i+1}) B_{i+1,k-1}`` (the reference).
+    """
+    return _basis(x, grid, spline_order, method, derivative=True)
+
+
+def _basis(x, grid, spline_order, method, derivative):
     k = _check_order(spline_order)
     grid = _check_grid(grid, k)
     x = _check_float(x, "x")
@@ -358,58 +534,25 @@ def bspline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int, method
     grid = grid.to(x.dtype)
     if method not in ("auto", "reference", "uniform"):
         raise ValueError(f"method must be 'auto', 'reference' or 'uniform', got {method!r}")
-    uniform = method == "uniform" or (method == "auto" and is_uniform(grid))
     if method == "uniform" and not is_uniform(grid):
         raise ValueError("method='uniform' needs equally spaced knots; use method='auto' or 'reference'")
-    if uniform:
-        return _uniform_basis(x, grid, k)
-    if method == "auto" and k >= 1 and grid.dim() == 2 and x.dim() == 2:
-        return _table_basis(x, grid, k)
-    return cox_de_boor(x, grid, k)
+    if method == "reference" or k == 0:
+        return _reference_derivative(x, grid, k) if derivative else cox_de_boor(x, grid, k)
+    g2 = grid if grid.dim() == 2 else grid.unsqueeze(0)
+    x2 = x if grid.dim() == 2 else x.unsqueeze(-1)
+    uniform = method == "uniform" or is_uniform(g2)
+    first, values, dvalues = local_bases(x2, g2, interval_table(g2, k), k, uniform, derivative)
+    out = scatter_bases(first, dvalues if derivative else values, g2.shape[-1] - k - 1)
+    return out if grid.dim() == 2 else out.squeeze(-2)
 
 
-def _table_basis(x: torch.Tensor, grid: torch.Tensor, k: int) -> torch.Tensor:
-    """Dense bases ``[N, in, n]`` on any knots ``grid [in, m]`` from the per-interval polynomial table
-    of ``kanedu.kernels.interval_table`` (the same values as Cox-de Boor, ~5x faster at G = 50);
-    differentiable in ``x`` through the local coordinate. Orders ``k >= 1``."""
-    from .kernels import interval_table
-
-    N, n_in = x.shape
-    m = grid.shape[-1]
-    n = m - k - 1
-    table, t_left, inv_w = interval_table(grid, k)  # [in, m + 1, power, basis], row = interval + 1
-    row = torch.searchsorted(grid, x.detach().T.contiguous(), right=True).T  # [N, in], 0 .. m
-    flat = row + torch.arange(n_in, device=x.device) * (m + 1)
-    s = (x - t_left.reshape(-1)[flat]) * inv_w.reshape(-1)[flat]
-    T = table.reshape(-1, k + 1, k + 1)[flat]  # [N, in, power, basis]
-    vals = T[..., k, :]
-    for p in range(k - 1, -1, -1):
-        vals = vals * s.unsqueeze(-1) + T[..., p, :]
-    # basis b = interval - k + j = row - 1 - k + j; the padded columns catch bases beyond the ends
-    idx = row.unsqueeze(-1) + torch.arange(k + 1, device=x.device)  # column b + k + 1 in the padded layout
-    dense = x.new_zeros(N, n_in, n + 2 * k + 2).scatter(-1, idx, vals)
-    return dense[..., k + 1 : k + 1 + n]
-
-
-def bspline_basis_derivative(x: torch.Tensor, grid: torch.Tensor, spline_order: int,
-                             method: str = "auto") -> torch.Tensor:
-    """``d/dx`` of ``bspline_basis(x, grid, spline_order)``, same shapes.
-
-    ``B'_{i,k} = k / (t_{i+k} - t_i) B_{i,k-1} - k / (t_{i+k+1} - t_{i+1}) B_{i+1,k-1}``.
-    """
-    k = _check_order(spline_order)
-    grid = _check_grid(grid, k)
-    x = _check_float(x, "x")
-    _align(x, grid)
-    grid = grid.to(x.dtype)
-    if method == "uniform" or (method == "auto" and is_uniform(grid)):
-        return _uniform_basis(x, grid, k, derivative=True)
+def _reference_derivative(x, grid, k):
     if k == 0:
         return torch.zeros_like(cox_de_boor(x, grid, 0))
     low = cox_de_boor(x, grid, k - 1)  # [..., m - k]
     t = grid
     a = _ratio(torch.full_like(t[..., : -(k + 1)], float(k)), t[..., k:-1] - t[..., : -(k + 1)])
-    b = _ratio(torch.full_like(t[..., : -(k + 1)], float(k)), t[..., k + 1 :] - t[..., 1:-k])
+    b = _ratio(torch.full_like(t[..., : -(k + 1)], float(k)), t[..., k + 1:] - t[..., 1:-k])
     return a * low[..., :-1] - b * low[..., 1:]
 
 
@@ -435,17 +578,25 @@ def coef_to_curve(x: torch.Tensor, grid: torch.Tensor, coef: torch.Tensor, splin
     return torch.einsum("nim,iom->nio", B, coef.to(B.dtype))
 
 
+#: singular values below this times the largest one count as zero in the minimum-norm fits
+LSTSQ_RCOND = 1e-12
+
+
 def curve_to_coef(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, spline_order: int,
                   ridge: float = 0.0) -> torch.Tensor:
     """Least-squares spline coefficients for many curves at once.
 
     Solves ``min_c sum_n (sum_m c[i, o, m] B_m(x[n, i]) - y[n, i, o])^2 + ridge * |c|^2`` for every
-    feature ``i`` and output ``o``, batched over features.
+    feature ``i`` and output ``o``, batched over features, in float64.
 
     Args:
         x: ``[N, in]``; y: ``[N, in, out]``; grid: ``[in, m]``.
-        ridge: a small Tikhonov term (e.g. 1e-8) for underdetermined fits (fewer distinct samples
-            than bases in some interval). ``0`` uses a minimum-norm least-squares solver.
+        ridge: a small Tikhonov term (e.g. 1e-8). ``0`` gives the minimum-norm least-squares solution
+            from a singular value decomposition, on every device: a design that is rank deficient (samples
+            covering part of the grid, so some bases see no data) gets zeros for the bases it cannot
+            determine, instead of the garbage a QR solver that assumes full rank (``torch.linalg.lstsq``'s
+            only driver on CUDA) returns. The same computation on CPU and GPU, and bit-identical runs on
+            one machine.
 
     Returns:
         ``[in, out, m - k - 1]``.
@@ -453,18 +604,16 @@ def curve_to_coef(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, spline_o
     x, y = _check_float(x, "x"), _check_float(y, "y")
     if y.dim() != 3 or y.shape[:2] != x.shape[:2]:
         raise ValueError(f"y must be [N, in, out] matching x {tuple(x.shape)}, got {tuple(y.shape)}")
-    B = bspline_basis(x, grid, spline_order).transpose(0, 1)  # [in, N, n]
-    Y = y.transpose(0, 1)  # [in, N, out]
-    work = torch.float64  # the normal equations need the extra precision
-    Bd, Yd = B.to(work), Y.to(work)
+    B = bspline_basis(x, grid, spline_order).transpose(0, 1).to(torch.float64)  # [in, N, n]
+    Y = y.transpose(0, 1).to(torch.float64)  # [in, N, out]
     if ridge > 0:
-        A = Bd.transpose(1, 2) @ Bd
-        A = A + ridge * torch.eye(A.shape[-1], dtype=work, device=A.device)
-        coef = torch.linalg.solve(A, Bd.transpose(1, 2) @ Yd)
+        A = B.transpose(1, 2) @ B
+        A = A + ridge * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        coef = torch.linalg.solve(A, B.transpose(1, 2) @ Y)
     else:
-        # gelsd (SVD): minimum-norm for rank-deficient designs (intervals without samples). Not gelsy:
-        # its pivoted QR gave run-to-run different coefficients for identical inputs (measured), which
-        # breaks seed_everything's bit-identical runs whenever grids are updated.
-        driver = "gelsd" if Bd.device.type == "cpu" else None
-        coef = torch.linalg.lstsq(Bd, Yd, driver=driver).solution  # [in, n, out]
+        U, S, Vh = torch.linalg.svd(B, full_matrices=False)  # [in, N, r], [in, r], [in, r, n]
+        keep = S > LSTSQ_RCOND * S[:, :1]
+        inv = torch.where(keep, 1.0 / torch.where(keep, S, torch.ones((), dtype=S.dtype, device=S.device)),
+                          torch.zeros((), dtype=S.dtype, device=S.device))
+        coef = Vh.transpose(1, 2) @ (inv.unsqueeze(-1) * (U.transpose(1, 2) @ Y))  # [in, n, out]
     return coef.transpose(1, 2).to(y.dtype)  # [in, out, n]

@@ -110,7 +110,7 @@ def test_the_package_cannot_answer_for_the_student_even_through_aliases(capsys):
 def _via_kanlayer(x, w_b, w_s, c, grid, k):
     layer = kanedu.KANLayer(x.shape[1], w_b.shape[1], grid_size=c.shape[-1] - k, spline_order=k, dtype=x.dtype)
     with torch.no_grad():
-        layer.scale_base.copy_(w_b), layer.scale_spline.copy_(w_s), layer.coef.copy_(c), layer.grid.copy_(grid)
+        layer.scale_base.copy_(w_b), layer.scale_spline.copy_(w_s), layer.coef.copy_(c), layer.set_grid(grid)
         return layer.forward_reference(x)
 
 

@@ -3,9 +3,13 @@
 import pytest
 import torch
 
-from kanedu import KANLayer, native
-from kanedu.kernels import kan_linear
-from kanedu.splines import adaptive_grid, bspline_basis, curve_to_coef, uniform_grid
+from kanedu import KANLayer, kernels, native
+from kanedu.splines import adaptive_grid, bspline_basis, curve_to_coef, interval_table, uniform_grid
+
+
+def kan_linear(x, W, grid, k, base, uniform):
+    """kernels.kan_linear with the grid's table built here (base None = no residual branch)."""
+    return kernels.kan_linear(x, W, grid, interval_table(grid, k), k, base or "zero", uniform)
 
 
 @pytest.fixture(params=["native", "torch"])
@@ -84,11 +88,9 @@ def _kernel_case(seed, n_in, n_out, G, N, k, grid_kind, spread):
 @pytest.mark.parametrize("spread", [0.9, 2.5])
 @pytest.mark.parametrize("base", ["silu", None])
 def test_large_grid_gathered_input_gradient_equals_reference(k, grid_kind, spread, base, engine):
-    # G = 30: P >= GATHER_GX_MIN_SLOTS, so backward gathers the k + 1 weight rows for dL/dx
-    from kanedu.kernels import GATHER_GX_MIN_SLOTS
-
+    # G = 30: many slots per feature, so the compiled loops take their sparse route (no Phi)
     G = 30
-    assert G + k + 1 >= GATHER_GX_MIN_SLOTS
+    assert G + k + 1 >= native.SPARSE_MIN_SLOTS
     x, grid, W, g = _kernel_case(10 + k, 5, 4, G, 300, k, grid_kind, spread)
     xa, Wa = x.clone().requires_grad_(), W.clone().requires_grad_()
     xb, Wb = x.clone().requires_grad_(), W.clone().requires_grad_()
@@ -102,14 +104,13 @@ def test_large_grid_gathered_input_gradient_equals_reference(k, grid_kind, sprea
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("grid_kind", ["uniform", "adaptive"])
 @pytest.mark.parametrize("spread", [0.9, 2.5])
-@pytest.mark.parametrize("G", [7, 30])  # dense g @ W^T / gathered weight rows for dL/dx
+@pytest.mark.parametrize("G", [7, 30])  # the compiled loops' dense route (Phi and BLAS) / sparse route
 @pytest.mark.parametrize("needs", ["both", "weight", "input"])
-def test_large_batch_rebuilt_from_saved_intervals_equals_reference(k, grid_kind, spread, G, needs, engine):
-    # above SMALL_BATCH_ELEMENTS forward saves the intervals and local coordinates, backward evaluates the
-    # bases again from them (relocate)
-    from kanedu.kernels import SMALL_BATCH_ELEMENTS
-
-    x, grid, W, g = _kernel_case(20 + k + G, 3, 4, G, SMALL_BATCH_ELEMENTS // 3 + 5, k, grid_kind, spread)
+def test_large_batch_equals_reference_on_both_routes(k, grid_kind, spread, G, needs, engine):
+    # enough (sample, feature) pairs for the dense route at G = 7; backward rebuilds Phi from x
+    N = native.DENSE_MIN_PAIRS // 3 + 5
+    assert native.dense_route(N, 3, 7 + k + 1) and not native.dense_route(N, 3, 30 + k + 1)
+    x, grid, W, g = _kernel_case(20 + k + G, 3, 4, G, N, k, grid_kind, spread)
     xa, Wa = x.clone().requires_grad_(needs != "weight"), W.clone().requires_grad_(needs != "input")
     xb, Wb = x.clone().requires_grad_(needs != "weight"), W.clone().requires_grad_(needs != "input")
     ya = kan_linear(xa, Wa, grid, k, "silu", uniform=grid_kind == "uniform")

@@ -9,13 +9,21 @@ import time
 import pytest
 import torch
 
-from kanedu import KANLayer, native
-from kanedu.kernels import KANFunction, kan_linear
-from kanedu.splines import adaptive_grid, uniform_grid
+from kanedu import KANLayer, kernels, native
+from kanedu.splines import adaptive_grid, interval_table, uniform_grid
 
 pytestmark = pytest.mark.skipif(not native.ENABLED, reason="numba is not installed (or KANEDU_NATIVE=0)")
 
-BASES = ["silu", "identity", "tanh", "relu", None]
+BASES = ["silu", "identity", "tanh", "relu", "gelu", "zero"]
+
+
+def native_fn(x, W, grid, k, base, uniform):
+    return native.NativeKANFunction.apply(x, W, grid, interval_table(grid, k), k, base, uniform)
+
+
+def torch_fn(x, W, grid, k, base, uniform):
+    """The torch kernel (what runs on a GPU), whatever native.supports says."""
+    return kernels._product(x, W, grid, interval_table(grid, k), k, base, uniform)
 
 
 @pytest.fixture(params=["dense", "sparse"])
@@ -44,8 +52,8 @@ def _case(seed, n_in, n_out, G, N, k, adaptive, spread, dtype=torch.float64):
 def _both(x, grid, W, g, k, base, uniform, need_x=True, need_w=True):
     """(y, gx, gW) from the native loops and from the torch kernel."""
     out = []
-    for fn in (lambda a, b: native.NativeKANFunction.apply(a, b, grid, k, base, uniform),
-               lambda a, b: KANFunction.apply(a, b, grid, k, base, uniform)):
+    for fn in (lambda a, b: native_fn(a, b, grid, k, base, uniform),
+               lambda a, b: torch_fn(a, b, grid, k, base, uniform)):
         xa, Wa = x.clone().requires_grad_(need_x), W.clone().requires_grad_(need_w)
         y = fn(xa, Wa)
         y.backward(g)
@@ -72,8 +80,7 @@ def test_gradcheck_native(base, G, adaptive, route):
     x, grid, W, _ = _case(7, 3, 2, G, 11, 3, adaptive, 1.6)
     x.requires_grad_()
     W.requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, W: native.NativeKANFunction.apply(x, W, grid, 3, base, not adaptive),
-                                    (x, W))
+    assert torch.autograd.gradcheck(lambda x, W: native_fn(x, W, grid, 3, base, not adaptive), (x, W))
 
 
 @pytest.mark.parametrize("need", [(True, False), (False, True)])
@@ -112,9 +119,9 @@ def test_split_over_threads_gives_the_same_bits(G, route, monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_layer_fuses_the_weight_combination_exactly(route):
-    # KANLayer.forward combines mask, scales and coefficients inside the native function; its gradients
-    # must equal those through combined_weight + kan_linear, with frozen scales and masked edges too
+def test_layer_gradients_through_the_combined_weight(route):
+    # KANLayer.forward on the loops: the gradients of the coefficients and scales (through
+    # combine_weights' autograd) equal the torch kernel's, with frozen scales and masked edges too
     for learn_scales in (True, False):
         layer = KANLayer(4, 3, grid_size=6, learn_scales=learn_scales).double()
         with torch.no_grad():
@@ -126,8 +133,9 @@ def test_layer_fuses_the_weight_combination_exactly(route):
         g = torch.randn(40, 3, dtype=torch.float64)
         params = [p for p in (layer.coef, layer.scale_base, layer.scale_spline) if p.requires_grad]
         y = layer(x)
+        assert type(y.grad_fn.next_functions[0][0]).__name__.startswith("NativeKANFunction")  # [N, out] view
         grads = torch.autograd.grad(y, [x, *params], g)
-        y2 = KANFunction.apply(x, layer.combined_weight(), layer.grid, 3, "silu", layer._uniform)
+        y2 = torch_fn(x, layer.combined_weight(), layer.grid, 3, "silu", layer._uniform)
         grads2 = torch.autograd.grad(y2, [x, *params], g)
         torch.testing.assert_close(y, y2, rtol=0, atol=1e-12)
         for a, b in zip(grads, grads2):
@@ -144,20 +152,48 @@ def test_nan_and_huge_inputs_do_not_crash_or_leak(route):
     torch.testing.assert_close(y[2], layer.forward_reference(x[2:]).squeeze(0))
 
 
-def test_counting_knots_equals_searchsorted():
+@pytest.mark.parametrize("uniform", [True, False])
+def test_local_bases_equal_the_torch_formulation(uniform):
+    # the loops' _local_bases and splines.local_bases: same first index, same values and derivatives,
+    # on knots, between them and beyond both ends
+    import numpy as np
+
+    from kanedu.splines import local_bases
+
     gen = torch.Generator().manual_seed(1)
-    grid = adaptive_grid(torch.randn(300, 4, generator=gen) * 0.6, 9, 3, 0.05)
-    x = torch.randn(200, 4, generator=gen) * 1.5
+    k = 3
+    if uniform:
+        grid = uniform_grid(9, k, dtype=torch.float64).expand(4, -1).contiguous()
+    else:
+        grid = adaptive_grid(torch.randn(300, 4, generator=gen, dtype=torch.float64) * 0.6, 9, k, 0.05)
+    x = torch.randn(200, 4, generator=gen, dtype=torch.float64) * 1.5
     x[0] = grid[:, 5]  # exactly on knots
-    gc = native._call_constants(x, grid, 3, uniform=False)
-    expect = torch.searchsorted(grid, x.T.contiguous(), right=True).T
-    assert torch.equal(torch.from_numpy(gc[5]).long(), expect)
+    x[1] = grid[:, 0] - 1e-9
+    x[2] = grid[:, -1]
+    table = interval_table(grid, k)
+    first, values, dvalues = local_bases(x, grid, table, k, uniform, derivative=True)
+    kc = native.knot_constants(grid.numpy(), table, k, uniform)
+    nfirst, V, D = native.locate(x.numpy(), kc, True)
+    n = grid.shape[1] - k - 1
+
+    def dense(first_index, v):  # bases by their index (those that do not exist dropped)
+        out = np.zeros(n)
+        for j in range(k + 1):
+            if 0 <= first_index + j < n:
+                out[first_index + j] = v[j]
+        return out
+
+    for b in range(x.shape[0]):
+        for f in range(x.shape[1]):
+            fb, ft = int(nfirst[b, f]), int(first[b, f])
+            np.testing.assert_allclose(dense(fb, V[:, b, f]), dense(ft, values[b, f].tolist()), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(dense(fb, D[:, b, f]), dense(ft, dvalues[b, f].tolist()), rtol=0, atol=1e-9)
 
 
 def test_grid_constants_follow_in_place_grid_changes():
     layer = KANLayer(2, 2, grid_size=5).double()
     x = torch.rand(50, 2, dtype=torch.float64) * 1.6 - 0.8
-    layer(x)  # caches the constants of the uniform grid on layer.grid
+    layer(x)
     layer.update_grid(torch.randn(200, 2, dtype=torch.float64) * 0.3)  # changes the grid in place
     torch.testing.assert_close(layer(x), layer.forward_reference(x), rtol=0, atol=1e-11)
 
@@ -178,19 +214,20 @@ def test_environment_variable_turns_it_off():
 
 
 def test_default_route_follows_the_sizes():
-    assert native._dense_route(1024, 64, 9)  # the benchmark's G = 5 layer
-    assert not native._dense_route(512, 32, 54)  # G = 50: many slots
-    assert not native._dense_route(1000, 2, 9)  # a lesson-sized layer: few (sample, feature) pairs
-    assert not native._dense_route(10**6, 64, 9)  # Phi would take 2.3 GB: the loops need no temporary
+    assert native.dense_route(1024, 64, 9)  # the benchmark's G = 5 layer
+    assert not native.dense_route(512, 32, 54)  # G = 50: many slots
+    assert not native.dense_route(1000, 2, 9)  # a lesson-sized layer: few (sample, feature) pairs
+    assert not native.dense_route(10**6, 64, 9)  # Phi would take 2.3 GB: the loops need no temporary
 
 
 def test_kan_linear_uses_it_on_cpu_only_when_enabled(monkeypatch):
     x, grid, W, _ = _case(2, 3, 2, 5, 10, 3, False, 1.0)
-    y = kan_linear(x, W.requires_grad_(), grid, 3, "silu", True)
+    table = interval_table(grid, 3)
+    y = kernels.kan_linear(x, W.requires_grad_(), grid, table, 3, "silu", True)
     assert type(y.grad_fn).__name__.startswith("NativeKANFunction")
     monkeypatch.setattr(native, "ENABLED", False)
-    y = kan_linear(x, W, grid, 3, "silu", True)
-    assert type(y.grad_fn).__name__.startswith("KANFunction")
+    y = kernels.kan_linear(x, W, grid, table, 3, "silu", True)
+    assert not type(y.grad_fn).__name__.startswith("NativeKANFunction")
 
 
 @pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")  # pure helpers
@@ -217,7 +254,7 @@ def test_no_grad_forward_runs_the_torch_kernel(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the native kernels ran without gradients")
 
-    monkeypatch.setattr(native, "_forward", fail)
+    monkeypatch.setattr(native, "forward", fail)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), with_grad.detach(), rtol=1e-5, atol=1e-6)
         layer.update_grid(torch.randn(100, 3))
@@ -233,10 +270,10 @@ def test_a_forked_child_gets_its_own_threads(monkeypatch):
     torch.set_num_threads(2)
     try:
         x, grid, W, g = _case(1, 4, 3, 5, 64, 3, False, 1.0)
-        y = native.NativeKANFunction.apply(x, W, grid, 3, "silu", True)  # the parent starts its pool
+        y = native_fn(x, W, grid, 3, "silu", True)  # the parent starts its pool
         pid = os.fork()
         if pid == 0:  # the child: same computation, then leave without running pytest's teardown
-            ok = torch.equal(native.NativeKANFunction.apply(x, W, grid, 3, "silu", True), y)
+            ok = torch.equal(native_fn(x, W, grid, 3, "silu", True), y)
             os._exit(0 if ok else 1)
         deadline = time.monotonic() + 60
         while True:

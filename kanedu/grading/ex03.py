@@ -13,8 +13,8 @@ from .parts import Exercise, Part, close, is_number, is_tensor, rand, randint
 # KANLayer holds the answers of this exercise (forward, edge_activations, combined_weight, ...), as do
 # its kernels; bspline_basis (which may use kanedu.kernels' interval tables) stays on: the exercise
 # builds the layer on top of it.
-_LAYER = ("kanedu.layers", "kanedu.native", "kanedu.fused", "kanedu.kernels:kan_linear", "kanedu.kernels:KANFunction",
-          "kanedu.kernels:dense_phi", "kanedu.splines:coef_to_curve")
+_LAYER = ("kanedu.layers", "kanedu.native", "kanedu.fused", "kanedu.kernels:kan_linear",
+          "kanedu.kernels:expanded_features", "kanedu.splines:coef_to_curve")
 
 
 def _reference_layer(case) -> KANLayer:
@@ -27,7 +27,7 @@ def _reference_layer(case) -> KANLayer:
         layer.scale_base.copy_(case["w_b"])
         layer.scale_spline.copy_(case["w_s"])
         layer.coef.copy_(case["c"])
-        layer.grid.copy_(case["grid"])
+        layer.set_grid(case["grid"])
     return layer
 
 
