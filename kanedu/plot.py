@@ -71,8 +71,8 @@ def plot_basis(grid_size: int = 5, spline_order: int = 3, grid_range=(-1.0, 1.0)
     The shaded band is ``grid_range``, where the bases sum to 1 (partition of unity); outside it only the
     extension knots carry them down to 0.
     """
-    grid = uniform_grid(grid_size, spline_order, grid_range, dtype=torch.float64)
-    x = torch.linspace(float(grid[0]), float(grid[-1]), n, dtype=torch.float64)
+    grid = uniform_grid(grid_size, spline_order, grid_range, dtype=torch.float64, device="cpu")
+    x = torch.linspace(float(grid[0]), float(grid[-1]), n, dtype=torch.float64, device="cpu")
     B = bspline_basis(x, grid, spline_order, method="reference")  # [n, G + k]
     ax = _axes(ax, (6.4, 3.2))
     ax.axvspan(*grid_range, color="0.93", zorder=0, label="grid range")
@@ -229,7 +229,7 @@ def plot_network(model, x: torch.Tensor | None = None, in_vars=None, out_vars=No
                 v = phi[:, j, i]
                 span = float(v.max() - v.min())
                 vn = (v - v.min()) / span if span > 1e-12 * max(1.0, float(v.abs().max())) else torch.full_like(v, 0.5)
-                px = xb - box_w / 2 + box_w * (0.1 + 0.8 * torch.linspace(0, 1, len(v), dtype=v.dtype))
+                px = xb - box_w / 2 + box_w * (0.1 + 0.8 * torch.linspace(0, 1, len(v), dtype=v.dtype, device=v.device))
                 py = lo_y + box_h * (0.1 + 0.8 * vn)
                 lines.append(torch.stack([px, py], 1).cpu().numpy())
                 line_colors.append(color)

@@ -466,6 +466,12 @@ def _subsample(s: torch.Tensor, t: torch.Tensor, n: int):
 
 def _fit_batch(x: torch.Tensor, y: torch.Tensor, fns: list[SymbolicFunction], a_range=(0.1, 10.0),
                b_range=(-B_MAX, B_MAX), refine_steps: int = 15):
+    """:func:`_fit_on_cpu` on the CPU, whatever the default device (the fits are small float64 batches)."""
+    with torch.device("cpu"):
+        return _fit_on_cpu(x, y, fns, a_range, b_range, refine_steps)
+
+
+def _fit_on_cpu(x: torch.Tensor, y: torch.Tensor, fns: list[SymbolicFunction], a_range, b_range, refine_steps):
     """Fit ``y_e ~ c f(a x_e + b) + d`` for every curve ``e`` and every function at once (float64).
 
     The grid search keeps the best ``(a, b)`` in each of ``B_BANDS`` bands of ``b``, and all of them are

@@ -622,7 +622,7 @@ def _setup(model, dataset, *, opt, steps, lr, batch_size, loss, lamb, reg_weight
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     forward = engine.forward if engine is not None else _CompiledForward(model) if compile else model
     if seed is None:
-        seed = int(torch.randint(0, 2**62, ()).item())
+        seed = int(torch.randint(0, 2**62, (), device="cpu").item())
     generator = _make_generator(seed, device)
     history = History(meta={"opt": opt_name, "device": str(device), "dtype": str(dtype),
                             "amp": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
@@ -675,7 +675,7 @@ def _step(run: _Run, i: int) -> None:
         engine.unpack(v)
         run.evaluations = engine.evaluations
         pred = torch.from_numpy(engine.last_pred)
-        run.last.update(pred=pred, target=y, loss=torch.tensor(engine.last_loss, dtype=pred.dtype))
+        run.last.update(pred=pred, target=y, loss=torch.tensor(engine.last_loss, dtype=pred.dtype, device=pred.device))
         return
 
     def closure():
