@@ -17,7 +17,8 @@ from kanedu.splines import bspline_basis
 
 __all__ = [
     "ka_counts", "ka_network", "koppen_psi", "support_mask", "expanded_features", "overfit_grid", "train_adam",
-    "sparsity_penalty", "fit_cd", "symbolic_score", "edge_scores",
+    "sparsity_penalty", "fit_cd", "symbolic_score", "edge_scores", "causal_attention_weights", "bits_per_char",
+    "top_k_probs",
 ]
 
 
@@ -127,3 +128,27 @@ def symbolic_score(r2: float, complexity: float, cap: float = 6.0) -> float:
 def edge_scores(phi: torch.Tensor, node_scores: torch.Tensor) -> torch.Tensor:
     """[out, in]: std_n phi_ji / (std_n sum_i phi_ji + 1e-4) * score_j, pykan's attribution of one layer."""
     return phi.std(0) * (node_scores / (phi.sum(-1).std(0) + 1e-4)).unsqueeze(1)
+
+
+# ---- exercise 10: KAN sequence models II: transformers ----------------------------------------------
+
+def causal_attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[..., T, T]: softmax over s <= t of q_t . k_s / sqrt(d), zero for s > t (q, k [..., T, d])."""
+    T, d = q.shape[-2], q.shape[-1]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+
+
+def bits_per_char(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean -log2 p(target) under softmax(logits): logits [N, V], targets [N] (long)."""
+    return (F.cross_entropy(logits, targets) / math.log(2)).item()
+
+
+def top_k_probs(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+    """[B, V]: softmax(logits / temperature) over the top_k largest logits of each row (all if None), 0 elsewhere."""
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits, dim=-1)
