@@ -325,3 +325,30 @@ def test_the_checks_catch_a_planted_notebook_with_stderr_and_a_wall_of_numbers(l
     finally:
         page.close()
         lab.stop_kernels()
+
+
+def test_the_rendered_site_opens_on_its_index_and_a_lesson_page(browser, tmp_path):
+    """``tools/site.py`` (``make site``) on the first lesson: the index lists every lesson in course order,
+    and the lesson's page shows its figures and no error, from a file, without a server."""
+    out, lesson = tmp_path / "site", LESSONS[0]
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "site.py"), "--only", lesson.stem, "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=LESSON_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto((out / "index.html").as_uri(), wait_until="domcontentloaded")
+        numbers = page.locator("tr.lesson").evaluate_all("rows => rows.map(r => r.dataset.lesson)")
+        assert numbers == [p.name[:2] for p in LESSONS], "the index lists the lessons in course order"
+        page.screenshot(path=str(SHOTS / "site_index.png"))
+        page.locator(f'a[href="{lesson.stem}.html"]').click()
+        page.wait_for_load_state("domcontentloaded")
+        assert page.url.endswith(f"{lesson.stem}.html")
+        figures = page.locator('.jp-OutputArea-output img[src^="data:image/png"]').count()
+        assert figures >= 1, f"{lesson.name}'s page shows no figure"
+        assert page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').count() == 0, "an error on the page"
+        page.locator('.jp-OutputArea-output img[src^="data:image/png"]').first.scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "site_lesson.png"))
+    finally:
+        page.close()
