@@ -5,6 +5,9 @@ noisy, so the run fails only past 1.5x that budget; the summary lists every note
 """
 
 import collections
+import json
+import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,8 @@ LESSON_BUDGET_S = 180.0
 FAIL_FACTOR = 1.5
 
 _durations: collections.Counter = collections.Counter()
+_started = time.time()
+BROWSER_TIMES = Path(__file__).parent / "build" / "browser" / "times.json"  # written by tests/test_browser.py
 
 
 def pytest_runtest_logreport(report):
@@ -21,6 +26,11 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if BROWSER_TIMES.exists() and BROWSER_TIMES.stat().st_mtime >= _started:
+        terminalreporter.section("lessons in JupyterLab + Chromium (tests/test_browser.py)")
+        for stem, t in json.loads(BROWSER_TIMES.read_text()).items():
+            terminalreporter.write_line(f"{t['run_all_s']:7.1f} s run all, {t['total_s']:6.1f} s in all  {stem}"
+                                        f"  (tallest output {t['tallest_px']} px, moved: {t['moved']})")
     if not _durations:
         return
     terminalreporter.section("notebook run times (budget 180 s each)")

@@ -5,6 +5,11 @@ frontend is available, and otherwise calls ``fn`` once with the default values. 
 ipywidgets callbacks are only printed, never raised, so a lesson should also call ``fn`` directly
 in a normal cell: that call is what CI checks.
 
+A widget demo never shows ``fn``'s return value: ``ipywidgets.interact`` displays whatever the function
+returns (a trailing ``;`` does not hide it), so a demo that returns its data for the direct call's
+asserts printed that data under the figure again on every slider move. ``interactive`` therefore
+runs ``fn`` through a wrapper that drops the value; the direct call ``fn(...)`` still returns it.
+
 Example::
 
     def show_basis(order=3, grid_size=5):
@@ -15,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -104,10 +110,22 @@ def has_widget_frontend() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
+def _silent(fn):
+    """``fn`` with its return value dropped (same signature, so ipywidgets finds the same arguments)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        fn(*args, **kwargs)
+
+    return run
+
+
 def interactive(fn, **controls):
     """Show ``fn`` with controls if a frontend exists; otherwise call ``fn(**defaults)`` and return its result.
 
     ``controls`` map ``fn``'s keyword arguments to ``Slider``, ``FloatSlider``, ``Choice`` or ``Toggle``.
+    With a frontend the controls are displayed and ``None`` is returned: neither the first draw nor a
+    slider move displays ``fn``'s return value (call ``fn(...)`` directly to get it).
     """
     for name, c in controls.items():
         if not isinstance(c, (Slider, FloatSlider, Choice, Toggle)):
@@ -115,5 +133,7 @@ def interactive(fn, **controls):
     if not has_widget_frontend():
         return fn(**{name: c.value for name, c in controls.items()})
     import ipywidgets as w
+    from IPython.display import display
 
-    return w.interact(fn, **{name: c.widget(name) for name, c in controls.items()})
+    display(w.interactive(_silent(fn), **{name: c.widget(name) for name, c in controls.items()}))
+    return None

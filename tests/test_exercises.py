@@ -10,6 +10,7 @@ import pytest
 
 from kanedu.grading import EXERCISES
 from kanedu.grading.generate import GenerationError, dumps, generate, generate_notebook, read_notebook
+from tools import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -108,10 +109,7 @@ def test_notebooks_follow_the_lesson_conventions(kind, path):
     assert path.stem == exercise.notebook
     title = _source(nb["cells"][0])
     assert title.startswith(f"# Exercises {path.stem[:2]}: {exercise.title}\n"), title[:80]
-    colab = f"https://colab.research.google.com/github/kanedu-course/kanedu/blob/main/{kind}/{path.name}"
-    binder = f"https://mybinder.org/v2/gh/kanedu-course/kanedu/main?labpath={kind}%2F{path.name}"
-    assert f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab})" in title
-    assert f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder})" in title
+    assert launch.badges(f"{kind}/{path.name}") in title, "badges at its own path (tools/launch.py)"
     assert f"](../notebooks/{path.name})" in title, "links its lesson"
     assert _source(nb["cells"][1]) == _lesson_setup_cell(), "the lessons' Colab-guarded setup cell"
     for cell in nb["cells"]:

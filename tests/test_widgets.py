@@ -32,3 +32,31 @@ def test_bad_controls():
         Choice("z", ("x", "y"))
     with pytest.raises(TypeError, match="must be a Slider"):
         interactive(lambda a: a, a=3)
+
+
+def test_with_a_frontend_the_return_value_is_never_displayed(monkeypatch):
+    """Issue 16: ``interact`` displayed the demo's return value (a wall of tensors) on every slider move."""
+    import IPython.display
+    import ipywidgets.widgets.interaction as interaction
+
+    import kanedu.widgets as kw
+
+    shown, calls = [], []
+    monkeypatch.setattr(kw, "has_widget_frontend", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw_: shown.extend(objs))
+    monkeypatch.setattr(interaction, "display", lambda *objs, **kw_: shown.extend(objs))
+
+    def demo(a, b=0.5):
+        calls.append((a, b))
+        return {"values": list(range(a))}
+
+    assert interactive(demo, a=Slider(3, 0, 5), b=FloatSlider(0.5, 0.0, 1.0)) is None
+    assert calls == [(3, 0.5)], "the first draw runs the demo once with the defaults"
+    boxes = [obj for obj in shown if hasattr(obj, "children")]
+    assert len(boxes) == 1 and len(shown) == 1, f"only the controls are displayed, got {shown!r}"
+    sliders = [c for c in boxes[0].children if getattr(c, "description", None) in ("a", "b")]
+    assert [s.description for s in sliders] == ["a", "b"], "ipywidgets sees the demo's own arguments"
+    sliders[0].value = 4  # a slider move redraws ...
+    assert calls[-1] == (4, 0.5)
+    assert len(shown) == 1, f"... and displays nothing else, got {shown[1:]!r}"
+    assert demo(2) == {"values": [0, 1]}, "the direct call still returns the value for the asserts"
