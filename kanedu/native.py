@@ -89,13 +89,14 @@ def _compiling() -> bool:
 
 
 @_inline
-def _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, b0, b1):
+def _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, b0, b1):
     N, n_in = x.shape
     m = knots.shape[1]
     n = m - k - 1
     if uniform:  # the row from one floor; every full interval has the same polynomials
         for b in range(b0, b1):
             for f in range(n_in):
+                r, c = (f, b) if fm else (b, f)
                 xv = x[b, f]
                 u = (np.float64(xv) - t0[f]) * inv_h[f]
                 i = np.floor(u)
@@ -103,21 +104,22 @@ def _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, firs
                 i = i if i <= m - 1.0 else m - 1.0
                 s = u - i
                 q = np.int64(i) - k
-                first[b, f] = q
+                first[r, c] = q
                 for j in range(k + 1):
                     ok = (xv == xv) & (q + j >= 0) & (q + j < n)
                     acc = poly[k, j]
                     for p in range(k):
                         acc = acc * s + poly[k - 1 - p, j]
-                    V[j, b, f] = acc if ok else 0.0
+                    V[j, r, c] = acc if ok else 0.0
                     if deriv:
                         d = k * poly[k, j]
                         for p in range(k - 1):
                             d = d * s + (k - 1 - p) * poly[k - 1 - p, j]
-                        D[j, b, f] = d * inv_h[f] if ok else 0.0
+                        D[j, r, c] = d * inv_h[f] if ok else 0.0
         return
     for b in range(b0, b1):  # any knots: the row by bisection, that row's polynomials from the table
         for f in range(n_in):
+            r, c = (f, b) if fm else (b, f)
             xv = x[b, f]
             lo, hi = 0, m  # the number of knots <= xv
             while lo < hi:
@@ -128,32 +130,33 @@ def _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, firs
                     hi = mid
             ok = (xv == xv) & (lo > 0) & (lo < m)  # rows 0 and m (outside the knots) hold no basis
             s = (np.float64(xv) - t_left[f, lo]) * inv_w[f, lo]
-            first[b, f] = lo - 1 - k
+            first[r, c] = lo - 1 - k
             for j in range(k + 1):
                 acc = tab[f, lo, k, j]
                 for p in range(k):
                     acc = acc * s + tab[f, lo, k - 1 - p, j]
-                V[j, b, f] = acc if ok else 0.0
+                V[j, r, c] = acc if ok else 0.0
                 if deriv:
                     d = k * tab[f, lo, k, j]
                     for p in range(k - 1):
                         d = d * s + (k - 1 - p) * tab[f, lo, k - 1 - p, j]
-                    D[j, b, f] = d * inv_w[f, lo] if ok else 0.0
+                    D[j, r, c] = d * inv_w[f, lo] if ok else 0.0
 
 
 @_njit
-def _locate(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, b0, b1):
+def _locate(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, b0, b1):
     """The ``k + 1`` bases that can be non-zero at every ``x[b, f]`` of rows ``b0 .. b1``: ``first[b, f]`` the
     index of the basis in ``V[0, b, f]``, ``V[j, b, f]`` the bases ``first .. first + k`` and ``D`` their
-    ``d/dx`` (if ``deriv``). The steps of ``kanedu.splines``: the table row (a floor on uniform knots, a
-    bisection on any others), ``s = (x - t_left) / width``, the row's polynomials by Horner's rule. Bases that
-    do not exist (beyond the grid ends) are exact zeros, as are all of them for a NaN ``x`` (the base
-    activation then carries the NaN).
+    ``d/dx`` (if ``deriv``); feature-major (``first[f, b]``, ``V[j, f, b]``) if ``fm``.
+
+    The steps of ``kanedu.splines``: the table row (a floor on uniform knots, a bisection on any others),
+    ``s = (x - t_left) / width``, the row's polynomials by Horner's rule. Bases that do not exist (beyond the
+    grid ends) are exact zeros, as are all of them for a NaN ``x`` (the base activation then carries the NaN).
     """
     if k == 3:
-        _locate_body(x, 3, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, b0, b1)
+        _locate_body(x, 3, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, b0, b1)
     else:
-        _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, b0, b1)
+        _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, b0, b1)
 
 
 # ---- the two routes ---------------------------------------------------------------------------------------
@@ -353,14 +356,17 @@ def dense_route(N: int, n_in: int, n_slots: int) -> bool:
     return n_slots < SPARSE_MIN_SLOTS and DENSE_MIN_PAIRS <= N * n_in and N * n_in * n_slots <= DENSE_MAX_ELEMENTS
 
 
-def locate(x: np.ndarray, kc: tuple, derivative: bool):
-    """``(first [N, in], V [k + 1, N, in], D or None)``: the located bases of every ``x [N, in]`` (:func:`_locate`)."""
+def locate(x: np.ndarray, kc: tuple, derivative: bool, feature_major: bool = False):
+    """``(first [N, in], V [k + 1, N, in], D or None)``: the located bases of every ``x [N, in]`` (:func:`_locate`);
+    ``feature_major``: ``first [in, N]``, ``V``, ``D [k + 1, in, N]``."""
     N, n_in = x.shape
     K = kc[0] + 1
-    first = np.empty((N, n_in), dtype=np.int64)
-    V = np.empty((K, N, n_in), dtype=x.dtype)
-    D = np.empty((K, N, n_in), dtype=x.dtype) if derivative else V
-    _run_split(_locate, N, N * n_in * K * 8, lambda lo, hi: (x, *kc, first, V, D, derivative, lo, hi))
+    shape = (n_in, N) if feature_major else (N, n_in)
+    first = np.empty(shape, dtype=np.int64)
+    V = np.empty((K, *shape), dtype=x.dtype)
+    D = np.empty((K, *shape), dtype=x.dtype) if derivative else V
+    _run_split(_locate, N, N * n_in * K * 8,
+               lambda lo, hi: (x, *kc, first, V, D, derivative, feature_major, lo, hi))
     return first, V, (D if derivative else None)
 
 
@@ -409,10 +415,10 @@ def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, ne
     has_base = bx is not None
     bxa = bx if has_base else x
     dbxa = dbx if (has_base and dbx is not None) else x
-    first, V, D = located if located is not None else locate(x, kc, need_x)
     gx = np.empty_like(x) if need_x else None
     gW = None
     if dense_route(N, n_in, n_slots):
+        first, V, D = located if located is not None else locate(x, kc, need_x)
         if need_x:
             gphi = _mm(g, W.reshape(n_in * n_slots, n_out).T)  # [N, in * P]
             _run_split(_phi_gather, N, N * n_in * n_slots,
@@ -422,9 +428,8 @@ def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, ne
             gW = _mm(_features(bx, k, first, V, n_slots).T, g).reshape(n_in, n_slots, n_out)
         return gx, gW
     # feature-major, so that the loop over the samples of one feature reads them in order
-    first, V = first.T, V.transpose(0, 2, 1)
-    first, V = np.ascontiguousarray(first), np.ascontiguousarray(V)
-    Da = np.ascontiguousarray(D.transpose(0, 2, 1)) if need_x else V
+    first, V, D = locate(x, kc, need_x, feature_major=True)
+    Da = D if need_x else V
     gW = np.empty_like(W) if need_w else np.empty((1, 1, 1), dtype=x.dtype)
     gxa = gx if need_x else np.empty((1, 1), dtype=x.dtype)
     _run_split(_sparse_backward, n_in, N * n_in * n_out,
@@ -449,7 +454,8 @@ class NativeKANFunction(torch.autograd.Function):
         b, _ = base_with_derivative(base, x)
         kc = knot_constants(grid.detach().numpy(), table, k, uniform)
         xn = x.numpy()
-        keep = xn.size <= KEEP_LOCATED_PAIRS
+        # the sparse route's backward locates again, feature-major
+        keep = xn.size <= KEEP_LOCATED_PAIRS and dense_route(*xn.shape, w.shape[1])
         located = locate(xn, kc, keep and ctx.needs_input_grad[0])
         ctx.located = located if keep else None
         y = forward(xn, None if b is None else b.numpy(), kc, w.numpy(), located)
