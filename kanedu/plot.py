@@ -6,7 +6,8 @@ sets a title, and writes a file only when ``save=path`` is given.
 * :func:`plot_basis`: the B-spline bases of one grid, knots marked (lesson 02);
 * :func:`plot_activation`: one edge ``phi_ij`` with its residual and spline parts and its knots (lesson 03);
 * :func:`plot_network`: the pykan-style diagram, every edge drawn as its learned curve (lessons 03-05);
-* :func:`plot_history`, :func:`plot_fit_1d`: training curves and 1-D fits (lesson 04).
+* :func:`plot_history`, :func:`plot_fit_1d`: training curves and 1-D fits (lesson 04);
+* :func:`plot_staircase`: the train/test curves of a grid-extension run, stage after stage (lesson 04).
 
 ``plot_network`` draws all curves, edges and frames as three ``LineCollection`` objects in one Axes
 (data coordinates), not one Axes per edge, so a [4, 5, 5, 1] KAN takes a fraction of a second.
@@ -21,7 +22,7 @@ import torch
 from .layers import KANLayer
 from .splines import bspline_basis, uniform_grid
 
-__all__ = ["plot_basis", "plot_activation", "plot_network", "plot_history", "plot_fit_1d"]
+__all__ = ["plot_basis", "plot_activation", "plot_network", "plot_history", "plot_fit_1d", "plot_staircase"]
 
 NUMERIC_COLOR = (0.0, 0.0, 0.0)
 SYMBOLIC_COLOR = (0.80, 0.10, 0.10)
@@ -274,6 +275,42 @@ def plot_history(history, keys=None, ax=None, logy: bool = True, save=None):
     ax = history.plot(keys=keys, ax=ax, logy=logy)
     if not ax.get_title():
         ax.set_title("training history")
+    return _save(ax, save)
+
+
+def plot_staircase(stages, ax=None, keys=("train_rmse", "test_rmse"), title=None, save=None):
+    """The loss curves of a grid-extension run, one stage after the other on a common step axis.
+
+    Args:
+        stages: ``[(G, history), ...]`` in training order, one :class:`~kanedu.History` per grid size
+            (its ``step`` column restarts at every stage; the stages are drawn end to end).
+        keys: history columns to draw (the first solid, the others dashed), on a log scale.
+
+    A thin vertical line marks the start of each stage, labelled ``G=...`` near the top of the Axes.
+    Returns the Axes.
+    """
+    stages = list(stages)
+    if not stages or not all(isinstance(s, (tuple, list)) and len(s) == 2 and hasattr(s[1], "keys")
+                             for s in stages):
+        raise TypeError("stages must be a non-empty list of (grid_size, History) pairs")
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    missing = sorted({k for _, h in stages for k in keys if k not in h.keys})
+    if missing:
+        raise ValueError(f"the histories have no column(s) {missing}; columns: {stages[0][1].keys}")
+    ax = _axes(ax, (7, 4))
+    offset = 0
+    for i, (G, h) in enumerate(stages):
+        steps = [offset + t for t in h["step"]]
+        for j, key in enumerate(keys):
+            ax.plot(steps, h[key], color=f"C{j}", ls="-" if j == 0 else "--",
+                    label=key.replace("_", " ") if i == 0 else None)
+        ax.axvline(offset, color="0.7", lw=0.8)
+        ax.annotate(f"G={G}", (offset, 1), xycoords=("data", "axes fraction"), xytext=(2, -12),
+                    textcoords="offset points", fontsize=8)
+        offset = steps[-1]
+    ax.set(xlabel="step (all stages)", ylabel="RMSE" if all("rmse" in k for k in keys) else "value", yscale="log",
+           title=title or f"grid extension, G = {', '.join(str(G) for G, _ in stages)}")
+    ax.legend()
     return _save(ax, save)
 
 
