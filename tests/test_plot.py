@@ -19,6 +19,7 @@ from kanedu.plot import (  # noqa: E402
     plot_basis,
     plot_fit_1d,
     plot_history,
+    plot_ka_network,
     plot_network,
     plot_staircase,
 )
@@ -170,3 +171,18 @@ def test_plot_staircase_draws_the_stages_end_to_end():
         plot_staircase([1, 2])
     with pytest.raises(ValueError, match="no column"):
         plot_staircase(stages, keys=("val_rmse",))
+
+
+def test_plot_ka_network_draws_every_edge_function():
+    import numpy as np
+
+    ax = plot_ka_network(inner=[[np.sin, np.square]], outer=[np.exp], input_names=["$x$", "$y$"],
+                         inner_labels=[["sin", "square"]], outer_labels=["exp"], title="exp(sin x + y^2)")
+    insets = [c for c in ax.child_axes]
+    assert [i.get_title() for i in insets] == ["sin", "square", "exp"]
+    u, v = insets[2].get_lines()[0].get_data()
+    np.testing.assert_allclose(v, np.exp(u))
+    assert ax.get_title() == "exp(sin x + y^2)"
+    with pytest.raises(ValueError, match="inner"):
+        plot_ka_network(inner=[[np.sin]], outer=[np.exp], input_names=["x", "y"], inner_labels=[["a"]],
+                        outer_labels=["b"])
