@@ -6,7 +6,9 @@ sets a title, and writes a file only when ``save=path`` is given.
 * :func:`plot_basis`: the B-spline bases of one grid, knots marked (lesson 02);
 * :func:`plot_activation`: one edge ``phi_ij`` with its residual and spline parts and its knots (lesson 03);
 * :func:`plot_network`: the pykan-style diagram, every edge drawn as its learned curve (lessons 03-05);
-* :func:`plot_history`, :func:`plot_fit_1d`: training curves and 1-D fits (lesson 04).
+* :func:`plot_ka_network`: a hand-built two-level Kolmogorov-Arnold network of given functions (lesson 01);
+* :func:`plot_history`, :func:`plot_fit_1d`: training curves and 1-D fits (lesson 04);
+* :func:`plot_staircase`: the train/test curves of a grid-extension run, stage after stage (lesson 04).
 
 ``plot_network`` draws all curves, edges and frames as three ``LineCollection`` objects in one Axes
 (data coordinates), not one Axes per edge, so a [4, 5, 5, 1] KAN takes a fraction of a second.
@@ -21,7 +23,8 @@ import torch
 from .layers import KANLayer
 from .splines import bspline_basis, uniform_grid
 
-__all__ = ["plot_basis", "plot_activation", "plot_network", "plot_history", "plot_fit_1d"]
+__all__ = ["plot_basis", "plot_activation", "plot_network", "plot_history", "plot_fit_1d", "plot_staircase",
+           "plot_ka_network"]
 
 NUMERIC_COLOR = (0.0, 0.0, 0.0)
 SYMBOLIC_COLOR = (0.80, 0.10, 0.10)
@@ -274,6 +277,95 @@ def plot_history(history, keys=None, ax=None, logy: bool = True, save=None):
     ax = history.plot(keys=keys, ax=ax, logy=logy)
     if not ax.get_title():
         ax.set_title("training history")
+    return _save(ax, save)
+
+
+def plot_ka_network(inner, outer, input_names, inner_labels, outer_labels, input_range=(-1.0, 1.0),
+                    hidden_range=(-1.0, 1.0), ax=None, title=None, n: int = 200, save=None):
+    """A two-level Kolmogorov-Arnold network ``f(x) = sum_q Phi_q(sum_p phi_qp(x_p))`` of given functions.
+
+    Inputs sit at the bottom, the summing hidden nodes in the middle, the summing output on top; every
+    edge carries a small plot of its function, the inner ones over ``input_range``, the outer ones over
+    ``hidden_range``.
+
+    Args:
+        inner: ``inner[q][p]``, the function from input ``p`` to hidden node ``q`` (NumPy in, NumPy out).
+        outer: ``outer[q]``, the function from hidden node ``q`` to the output.
+        input_names: one label per input; ``inner_labels[q][p]`` and ``outer_labels[q]`` label the edges.
+
+    Returns the Axes; its ``inset_axes`` children are the edge plots (inner edges first, then the outer one
+    of each hidden node).
+    """
+    import numpy as np
+
+    m, d = len(outer), len(input_names)
+    if m < 1 or len(inner) != m or any(len(row) != d for row in inner):
+        raise ValueError(f"inner must be [hidden nodes][inputs] = [{m}][{d}] functions, got "
+                         f"{[len(row) for row in inner]} rows")
+    if len(inner_labels) != m or any(len(row) != d for row in inner_labels) or len(outer_labels) != m:
+        raise ValueError("inner_labels must have the shape of inner and outer_labels the length of outer")
+    ax = _axes(ax, (6, 5.5))
+    p_in = [(0.2 + 0.6 * p / max(d - 1, 1), 0.0) for p in range(d)]
+    p_hid = [(0.5 if m == 1 else 0.2 + 0.6 * q / (m - 1), 1.0) for q in range(m)]
+    p_out = (0.5, 2.0)
+
+    def edge(a, b, fn, lo, hi, label, where):
+        ax.plot([a[0], b[0]], [a[1], b[1]], color="0.75", lw=1.5, zorder=0)
+        cx, cy = a[0] + where * (b[0] - a[0]), a[1] + where * (b[1] - a[1])
+        inset = ax.inset_axes([cx - 0.07, cy - 0.13, 0.14, 0.26], transform=ax.transData)
+        u = np.linspace(lo, hi, n)
+        inset.plot(u, fn(u), color="C0", lw=1.5)
+        inset.set(xticks=[], yticks=[])
+        inset.set_title(label, fontsize=9, pad=2)
+
+    for q in range(m):
+        for p in range(d):
+            edge(p_in[p], p_hid[q], inner[q][p], *input_range, inner_labels[q][p], where=0.35)
+        edge(p_hid[q], p_out, outer[q], *hidden_range, outer_labels[q], where=0.5)
+    for (px, py), name in [*zip(p_in, input_names), *((h, "$+$") for h in p_hid), (p_out, "$+$")]:
+        ax.scatter([px], [py], s=700, color="white", edgecolor="k", zorder=2)
+        ax.text(px, py, name, ha="center", va="center", fontsize=12, zorder=3)
+    for y, text in [(2.22, "output"), (1.0, "hidden\nnodes"), (0.0, "inputs")]:
+        ax.text(0.5 if y > 2 else 0.98, y, text, ha="center" if y > 2 else "right", va="center", fontsize=9,
+                color="0.3")
+    ax.set(xlim=(0, 1), ylim=(-0.3, 2.35), title=title or "Kolmogorov-Arnold network")
+    ax.axis("off")
+    return _save(ax, save)
+
+
+def plot_staircase(stages, ax=None, keys=("train_rmse", "test_rmse"), title=None, save=None):
+    """The loss curves of a grid-extension run, one stage after the other on a common step axis.
+
+    Args:
+        stages: ``[(G, history), ...]`` in training order, one :class:`~kanedu.History` per grid size
+            (its ``step`` column restarts at every stage; the stages are drawn end to end).
+        keys: history columns to draw (the first solid, the others dashed), on a log scale.
+
+    A thin vertical line marks the start of each stage, labelled ``G=...`` near the top of the Axes.
+    Returns the Axes.
+    """
+    stages = list(stages)
+    if not stages or not all(isinstance(s, (tuple, list)) and len(s) == 2 and hasattr(s[1], "keys")
+                             for s in stages):
+        raise TypeError("stages must be a non-empty list of (grid_size, History) pairs")
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    missing = sorted({k for _, h in stages for k in keys if k not in h.keys})
+    if missing:
+        raise ValueError(f"the histories have no column(s) {missing}; columns: {stages[0][1].keys}")
+    ax = _axes(ax, (7, 4))
+    offset = 0
+    for i, (G, h) in enumerate(stages):
+        steps = [offset + t for t in h["step"]]
+        for j, key in enumerate(keys):
+            ax.plot(steps, h[key], color=f"C{j}", ls="-" if j == 0 else "--",
+                    label=key.replace("_", " ") if i == 0 else None)
+        ax.axvline(offset, color="0.7", lw=0.8)
+        ax.annotate(f"G={G}", (offset, 1), xycoords=("data", "axes fraction"), xytext=(2, -12),
+                    textcoords="offset points", fontsize=8)
+        offset = steps[-1]
+    ax.set(xlabel="step (all stages)", ylabel="RMSE" if all("rmse" in k for k in keys) else "value", yscale="log",
+           title=title or f"grid extension, G = {', '.join(str(G) for G, _ in stages)}")
+    ax.legend()
     return _save(ax, save)
 
 

@@ -14,7 +14,15 @@ from matplotlib.collections import LineCollection  # noqa: E402
 
 from kanedu import KAN, fit  # noqa: E402
 from kanedu.data import make_dataset  # noqa: E402
-from kanedu.plot import plot_activation, plot_basis, plot_fit_1d, plot_history, plot_network  # noqa: E402
+from kanedu.plot import (  # noqa: E402
+    plot_activation,
+    plot_basis,
+    plot_fit_1d,
+    plot_history,
+    plot_ka_network,
+    plot_network,
+    plot_staircase,
+)
 from kanedu.symbolic import fix_symbolic  # noqa: E402
 
 D = torch.float64
@@ -140,3 +148,41 @@ def test_plot_history_and_plot_fit_1d():
         plot_history([1, 2])
     with pytest.raises(ValueError, match="one output"):
         plot_fit_1d(KAN([1, 2], seed=0))
+
+
+def test_plot_staircase_draws_the_stages_end_to_end():
+    ds = make_dataset(lambda x: torch.sin(3 * x[..., 0]), 1, n_train=60, n_test=60, seed=0, dtype=D)
+    model = KAN([1, 1], grid_size=3, seed=0, dtype=D)
+    stages = []
+    for G in (3, 6):
+        if G != 3:
+            model = model.refine(G, ds["train_input"])
+        stages.append((G, fit(model, ds, steps=4, progress=False, seed=0)))
+    ax = plot_staircase(stages)
+    lines = ax.get_lines()
+    curves = [l for l in lines if len(l.get_xdata()) > 2]
+    assert len(curves) == 4  # train and test per stage
+    first, second = stages[0][1], stages[1][1]
+    assert list(curves[2].get_xdata()) == [first["step"][-1] + t for t in second["step"]]  # end to end
+    assert list(curves[3].get_ydata()) == second["test_rmse"]
+    assert [t.get_text() for t in ax.texts] == ["G=3", "G=6"]
+    assert ax.get_yscale() == "log" and ax.get_title() and ax.get_xlabel()
+    with pytest.raises(TypeError, match="History"):
+        plot_staircase([1, 2])
+    with pytest.raises(ValueError, match="no column"):
+        plot_staircase(stages, keys=("val_rmse",))
+
+
+def test_plot_ka_network_draws_every_edge_function():
+    import numpy as np
+
+    ax = plot_ka_network(inner=[[np.sin, np.square]], outer=[np.exp], input_names=["$x$", "$y$"],
+                         inner_labels=[["sin", "square"]], outer_labels=["exp"], title="exp(sin x + y^2)")
+    insets = [c for c in ax.child_axes]
+    assert [i.get_title() for i in insets] == ["sin", "square", "exp"]
+    u, v = insets[2].get_lines()[0].get_data()
+    np.testing.assert_allclose(v, np.exp(u))
+    assert ax.get_title() == "exp(sin x + y^2)"
+    with pytest.raises(ValueError, match="inner"):
+        plot_ka_network(inner=[[np.sin]], outer=[np.exp], input_names=["x", "y"], inner_labels=[["a"]],
+                        outer_labels=["b"])
