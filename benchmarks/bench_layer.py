@@ -27,22 +27,7 @@ from _timing import median_time  # noqa: E402
 
 import kanedu  # noqa: E402
 from kanedu import KANLayer, native  # noqa: E402
-
-
-def saved_bytes(fn, params) -> int:
-    """Bytes of the non-parameter tensors autograd saves for backward during ``fn()``."""
-    skip = {p.data_ptr() for p in params}
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        if t.data_ptr() not in skip:
-            total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
+from kanedu.benchmark import saved_bytes  # noqa: E402
 
 
 def fwd_bwd(module_or_fn, x, g):

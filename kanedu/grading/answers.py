@@ -17,8 +17,8 @@ from kanedu.splines import bspline_basis
 
 __all__ = [
     "ka_counts", "ka_network", "koppen_psi", "support_mask", "expanded_features", "overfit_grid", "train_adam",
-    "sparsity_penalty", "fit_cd", "symbolic_score", "edge_scores", "causal_attention_weights", "bits_per_char",
-    "top_k_probs",
+    "sparsity_penalty", "fit_cd", "symbolic_score", "edge_scores", "average_forgetting", "causal_attention_weights",
+    "bits_per_char", "top_k_probs",
 ]
 
 
@@ -128,6 +128,15 @@ def symbolic_score(r2: float, complexity: float, cap: float = 6.0) -> float:
 def edge_scores(phi: torch.Tensor, node_scores: torch.Tensor) -> torch.Tensor:
     """[out, in]: std_n phi_ji / (std_n sum_i phi_ji + 1e-4) * score_j, pykan's attribution of one layer."""
     return phi.std(0) * (node_scores / (phi.sum(-1).std(0) + 1e-4)).unsqueeze(1)
+
+
+# ---- exercise 07: classification, noise and forgetting ----------------------------------------------
+
+def average_forgetting(acc: torch.Tensor) -> float:
+    """Average forgetting of an accuracy matrix ``acc [T, T]`` (``acc[p, q]``: accuracy on task q after
+    training task p): the mean over tasks ``q < T-1`` of ``max_{q <= p <= T-2} acc[p, q] - acc[T-1, q]``."""
+    T = acc.shape[0]
+    return sum((acc[q:T - 1, q].max() - acc[T - 1, q]).item() for q in range(T - 1)) / (T - 1)
 
 
 # ---- exercise 10: KAN sequence models II: transformers ----------------------------------------------

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from . import ex01, ex02, ex03, ex04, ex05, ex06, ex09, ex10, ex11
+from . import ex01, ex02, ex03, ex04, ex05, ex06, ex07, ex08, ex09, ex10, ex11
 from .parts import Exercise, Part
 
 __all__ = ["EXERCISES", "PARTS", "find_exercise"]
 
 EXERCISES: dict[str, Exercise] = {e.id: e for e in (ex01.EXERCISE, ex02.EXERCISE, ex03.EXERCISE, ex04.EXERCISE,
-                                                    ex05.EXERCISE, ex06.EXERCISE, ex09.EXERCISE, ex10.EXERCISE,
-                                                    ex11.EXERCISE)}
+                                                    ex05.EXERCISE, ex06.EXERCISE, ex07.EXERCISE, ex08.EXERCISE,
+                                                    ex09.EXERCISE, ex10.EXERCISE, ex11.EXERCISE)}
 PARTS: dict[str, Part] = {p.name: p for e in EXERCISES.values() for p in e.parts}
 
 
