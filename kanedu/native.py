@@ -215,18 +215,19 @@ def _phi_gather(dbx, has_base, k, first, D, gphi, gx, b0, b1):
 
 
 @_inline
-def _sparse_forward_body(bx, has_base, k, first, V, W, y, b0, b1):
-    n_in, n_out = first.shape[1], W.shape[2]
+def _sparse_forward_body(bx, has_base, k, first, V, W, y, fm, b0, b1):
+    n_in, n_out = bx.shape[1], W.shape[2]
     n = W.shape[1] - 1
     for b in range(b0, b1):
         for o in range(n_out):
             y[b, o] = 0.0
         for f in range(n_in):
             bv = bx[b, f] if has_base else 0.0
-            q = first[b, f]
+            r0, c0 = (f, b) if fm else (b, f)
+            q = first[r0, c0]
             if k == 3 and 0 <= q and q + 3 < n:  # cubic, all four bases inside: one pass over out
                 r = q + 1
-                v0, v1, v2, v3 = V[0, b, f], V[1, b, f], V[2, b, f], V[3, b, f]
+                v0, v1, v2, v3 = V[0, r0, c0], V[1, r0, c0], V[2, r0, c0], V[3, r0, c0]
                 for o in range(n_out):
                     y[b, o] += (bv * W[f, 0, o] + v0 * W[f, r, o] + v1 * W[f, r + 1, o] + v2 * W[f, r + 2, o]
                                 + v3 * W[f, r + 3, o])
@@ -236,18 +237,19 @@ def _sparse_forward_body(bx, has_base, k, first, V, W, y, b0, b1):
                     y[b, o] += bv * W[f, 0, o]
             for j in range(k + 1):
                 if 0 <= q + j < n:
-                    v = V[j, b, f]
+                    v = V[j, r0, c0]
                     for o in range(n_out):
                         y[b, o] += v * W[f, 1 + q + j, o]
 
 
 @_njit
-def _sparse_forward(bx, has_base, k, first, V, W, y, b0, b1):
-    """``y[b] = sum_f b(x[b, f]) W[f, 0] + sum_j B_j(x[b, f]) W[f, 1 + first + j]`` for rows ``b0 .. b1``."""
+def _sparse_forward(bx, has_base, k, first, V, W, y, fm, b0, b1):
+    """``y[b] = sum_f b(x[b, f]) W[f, 0] + sum_j B_j(x[b, f]) W[f, 1 + first + j]`` for rows ``b0 .. b1``
+    (the located bases feature-major if ``fm``)."""
     if k == 3:
-        _sparse_forward_body(bx, has_base, 3, first, V, W, y, b0, b1)
+        _sparse_forward_body(bx, has_base, 3, first, V, W, y, fm, b0, b1)
     else:
-        _sparse_forward_body(bx, has_base, k, first, V, W, y, b0, b1)
+        _sparse_forward_body(bx, has_base, k, first, V, W, y, fm, b0, b1)
 
 
 @_inline
@@ -392,23 +394,26 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def forward(x: np.ndarray, bx: np.ndarray | None, kc: tuple, W: np.ndarray, located=None) -> np.ndarray:
     """``y [N, out] = Phi(x) @ W`` for ``x [N, in]`` and ``W [in, n + 1, out]`` (contiguous NumPy arrays);
-    ``located``: :func:`locate`'s result for ``x``, if already at hand."""
+    ``located``: :func:`locate`'s result for ``x``, if already at hand (feature-major unless
+    :func:`dense_route`)."""
     N, n_in = x.shape
     n_slots, n_out = W.shape[1], W.shape[2]
     k = kc[0]
-    first, V, _ = located if located is not None else locate(x, kc, False)
-    if dense_route(N, n_in, n_slots):
+    dense = dense_route(N, n_in, n_slots)
+    first, V, _ = located if located is not None else locate(x, kc, False, feature_major=not dense)
+    if dense:
         return _mm(_features(bx, k, first, V, n_slots), W.reshape(n_in * n_slots, n_out))
     y = np.empty((N, n_out), dtype=x.dtype)
     has_base, bxa = (False, x) if bx is None else (True, bx)
-    _run_split(_sparse_forward, N, N * n_in * n_out, lambda lo, hi: (bxa, has_base, k, first, V, W, y, lo, hi))
+    _run_split(_sparse_forward, N, N * n_in * n_out, lambda lo, hi: (bxa, has_base, k, first, V, W, y, True, lo, hi))
     return y
 
 
 def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, need_x: bool, need_w: bool,
              located=None):
     """``(dL/dx [N, in] or None, dL/dW [in, n + 1, out] or None)`` for the upstream gradient ``g [N, out]``;
-    ``located``: :func:`locate`'s result for ``x`` (with the derivatives if ``need_x``), if at hand."""
+    ``located``: :func:`locate`'s result for ``x`` (with the derivatives if ``need_x``; feature-major unless
+    :func:`dense_route`), if at hand."""
     N, n_in = x.shape
     n_slots, n_out = W.shape[1], W.shape[2]
     k = kc[0]
@@ -428,7 +433,7 @@ def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, ne
             gW = _mm(_features(bx, k, first, V, n_slots).T, g).reshape(n_in, n_slots, n_out)
         return gx, gW
     # feature-major, so that the loop over the samples of one feature reads them in order
-    first, V, D = locate(x, kc, need_x, feature_major=True)
+    first, V, D = located if located is not None else locate(x, kc, need_x, feature_major=True)
     Da = D if need_x else V
     gW = np.empty_like(W) if need_w else np.empty((1, 1, 1), dtype=x.dtype)
     gxa = gx if need_x else np.empty((1, 1), dtype=x.dtype)
@@ -454,9 +459,8 @@ class NativeKANFunction(torch.autograd.Function):
         b, _ = base_with_derivative(base, x)
         kc = knot_constants(grid.detach().numpy(), table, k, uniform)
         xn = x.numpy()
-        # the sparse route's backward locates again, feature-major
-        keep = xn.size <= KEEP_LOCATED_PAIRS and dense_route(*xn.shape, w.shape[1])
-        located = locate(xn, kc, keep and ctx.needs_input_grad[0])
+        keep = xn.size <= KEEP_LOCATED_PAIRS
+        located = locate(xn, kc, keep and ctx.needs_input_grad[0], feature_major=not dense_route(*xn.shape, w.shape[1]))
         ctx.located = located if keep else None
         y = forward(xn, None if b is None else b.numpy(), kc, w.numpy(), located)
         return torch.from_numpy(y)
