@@ -4,6 +4,7 @@ reference answers (held to kanedu), and the grading CLI's usage errors."""
 import functools
 import json
 import math
+import statistics
 import subprocess
 import sys
 import types
@@ -28,7 +29,7 @@ def _solution_answers() -> dict:
     """The answer cells of every solution notebook, run in one namespace: each part's reference answer
     as a student would write it."""
     namespace = {"torch": torch, "F": torch.nn.functional, "np": np, "math": math, "Fraction": Fraction,
-                 "bspline_basis": kanedu.splines.bspline_basis}
+                 "statistics": statistics, "bspline_basis": kanedu.splines.bspline_basis}
     for path in sorted(ROOT.glob("solutions/*.ipynb")):
         for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
             source = "".join(cell["source"])

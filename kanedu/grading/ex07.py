@@ -102,5 +102,5 @@ FORGETTING = Part(
 )
 
 EXERCISE = Exercise(id="ex07", notebook="07_mlp_vs_kan_classification_noise_forgetting",
-                    title="MLP vs KAN II: classification, noise and forgetting",
+                    title="MLP vs KAN II: classification, noise, forgetting",
                     parts=(ACCURACY, TASK_MASK, FORGETTING))
