@@ -10,8 +10,9 @@ features* ``Phi(x)[i] = (b(x_i), B_0(x_i), ..., B_{n-1}(x_i))``: then
 the same function as the edge-by-edge sum, computed like ``nn.Linear`` on the expanded features
 (lesson 03). :func:`kan_linear` is that product. On the CPU, when the layer trains, it runs kanedu's
 compiled loops (``kanedu.native``); everywhere else (GPUs, evaluation, ``torch.compile``) the torch code
-here, with autograd for the gradients. Both evaluate the bases the one way ``kanedu.splines`` defines
-(locate the interval, the ``k + 1`` local polynomials), and tests hold both to the Cox-de Boor reference.
+here (:class:`KANFunction`, which keeps only ``x`` for backward). Both evaluate the bases the one way
+``kanedu.splines`` defines (locate the interval, the ``k + 1`` local polynomials), and tests hold both to the
+Cox-de Boor reference.
 
 Under autocast the bases and the product run in the weights' dtype (float32: a bf16 spline loses its
 knots' resolution), and the result comes back in the autocast dtype, which is what the next layer meets.
@@ -23,9 +24,10 @@ import torch
 
 from . import native
 from .activations import base as base_activation
+from .activations import base_with_derivative
 from .splines import IntervalTable, local_bases, scatter_bases
 
-__all__ = ["expanded_features", "kan_linear", "autocast_enabled"]
+__all__ = ["expanded_features", "kan_linear", "KANFunction", "autocast_enabled"]
 
 
 def autocast_enabled(x: torch.Tensor) -> bool:
@@ -71,5 +73,41 @@ def kan_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, table:
 
 
 def _product(x, weight, grid, table, k, base, uniform):
-    phi = expanded_features(x, grid, table, k, base, uniform)  # [N, in, n + 1]
-    return phi.flatten(1) @ weight.flatten(0, 1)
+    return KANFunction.apply(x, weight, grid, table, k, base, uniform)
+
+
+class KANFunction(torch.autograd.Function):
+    """``Phi(x) @ W`` that saves only ``x`` and ``W`` for backward (like ``nn.Linear`` on its input, not on the
+    ``n + 1`` times larger ``Phi``), and rebuilds the bases there:
+
+    * ``dL/dW = Phi(x)^T g``;
+    * ``dL/dx_i = sum_slots dPhi_i/dx_i * (g W^T)_slot``, over the base slot and the ``k + 1`` bases that are
+      non-zero at ``x_i`` (their derivatives from the same ``local_bases``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, grid, table, k, base, uniform):
+        ctx.save_for_backward(x, weight)
+        ctx.grid, ctx.table, ctx.k, ctx.base, ctx.uniform = grid, table, k, base, uniform
+        phi = expanded_features(x, grid, table, k, base, uniform)  # [N, in, n + 1]
+        return phi.flatten(1) @ weight.flatten(0, 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        grid, table, k, base, uniform = ctx.grid, ctx.table, ctx.k, ctx.base, ctx.uniform
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n = grid.shape[-1] - k - 1
+        first, values, dvalues = local_bases(x, grid, table, k, uniform, derivative=need_x)
+        gx = gw = None
+        if need_w:
+            phi = torch.cat([base_activation(base, x).unsqueeze(-1), scatter_bases(first, values, n)], dim=-1)
+            gw = (phi.flatten(1).transpose(0, 1) @ g).view_as(weight)
+        if need_x:
+            gphi = (g @ weight.flatten(0, 1).transpose(0, 1)).view(*x.shape, n + 1)  # dL/dPhi [N, in, n + 1]
+            slots = (first.unsqueeze(-1) + torch.arange(1, k + 2, device=x.device)).clamp(0, n)  # [N, in, k + 1]
+            gx = (gphi.gather(-1, slots) * dvalues).sum(-1)  # bases that do not exist have dvalues == 0
+            if base != "zero":
+                b, db = base_with_derivative(base, x)
+                gx = gx + gphi[..., 0] * db()
+        return gx, gw, None, None, None, None, None
