@@ -42,8 +42,12 @@ def expanded_features(x: torch.Tensor, grid: torch.Tensor, table: IntervalTable,
                       uniform: bool) -> torch.Tensor:
     """``Phi(x) [N, in, n + 1]`` for ``x [N, in]``: slot 0 is ``b(x)`` (0 for ``base="zero"``), slots ``1 .. n``
     the B-spline bases on each feature's knots ``grid [in, n + k + 1]``. Differentiable in ``x``."""
-    n = grid.shape[-1] - spline_order - 1
     first, values, _ = local_bases(x, grid, table, spline_order, uniform)
+    return _features(x, base, first, values, grid.shape[-1] - spline_order - 1)
+
+
+def _features(x, base, first, values, n):
+    """``Phi(x)`` from the located bases: the base activation in slot 0, then the ``n`` bases."""
     return torch.cat([base_activation(base, x).unsqueeze(-1), scatter_bases(first, values, n)], dim=-1)
 
 
@@ -101,8 +105,7 @@ class KANFunction(torch.autograd.Function):
         first, values, dvalues = local_bases(x, grid, table, k, uniform, derivative=need_x)
         gx = gw = None
         if need_w:
-            phi = torch.cat([base_activation(base, x).unsqueeze(-1), scatter_bases(first, values, n)], dim=-1)
-            gw = (phi.flatten(1).transpose(0, 1) @ g).view_as(weight)
+            gw = (_features(x, base, first, values, n).flatten(1).transpose(0, 1) @ g).view_as(weight)
         if need_x:
             gphi = (g @ weight.flatten(0, 1).transpose(0, 1)).view(*x.shape, n + 1)  # dL/dPhi [N, in, n + 1]
             slots = (first.unsqueeze(-1) + torch.arange(1, k + 2, device=x.device)).clamp(0, n)  # [N, in, k + 1]
