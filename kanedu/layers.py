@@ -32,6 +32,7 @@ from torch import nn
 
 from ._checks import integer
 from .activations import BASE_ACTIVATIONS, activation_name
+from .activations import base as base_activation
 from .kernels import autocast_enabled as _autocast
 from .kernels import kan_linear
 from .splines import (
@@ -256,8 +257,8 @@ class KANLayer(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
-        fn = BASE_ACTIVATIONS[self.base_activation]
-        return torch.zeros_like(x) if fn is None else fn(x)
+        """``b(x)``, the base activation (zeros for ``"zero"``), elementwise."""
+        return base_activation(self.base_activation, x)
 
     def spline_values(self, x: torch.Tensor) -> torch.Tensor:
         """Unscaled splines ``sum_m c[i, j, m] B_m(x_i)``: ``x [N, in]`` -> ``[N, in, out]`` (differentiable)."""
