@@ -533,8 +533,9 @@ def matched_mlp(target, in_features: int | None = None, out_features: int | None
     if in_features is None or out_features is None:
         raise ValueError("in_features and out_features are needed when target is a number")
     L = hidden_layers or 1
-    best = None
-    for w in range(1, 4097):
+    best, w = None, 0
+    while True:  # any width: the count grows with w, so the first one past the target ends the search
+        w += 1
         widths = [in_features] + [w] * L + [out_features]
         err = abs(mlp_parameter_count(widths) - n_target)
         if best is None or err < best[0]:

@@ -206,6 +206,11 @@ def test_matched_mlp_has_the_kans_number_of_hidden_layers(widths):
     assert len(mlp.widths) == len(widths), f"{mlp.widths} for a KAN {widths}"
 
 
+def test_matched_mlp_finds_widths_beyond_4096():
+    # a 1 -> h -> 1 MLP has 3h + 1 parameters: 19,531 needs h = 6510 (a search capped at 4096 returned 4096)
+    assert matched_mlp(19_531, in_features=1, out_features=1, hidden_layers=1).widths == [1, 6510, 1]
+
+
 def test_matched_mlp_rejects_impossible_targets():
     with pytest.raises(ValueError, match="no MLP"):
         matched_mlp(3, in_features=10, out_features=1)
