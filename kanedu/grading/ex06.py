@@ -6,7 +6,7 @@ import torch
 
 from kanedu import KAN, MLP, count_parameters, matched_mlp
 
-from .parts import Exercise, Part, as_number, close, is_number, is_tensor, rand, randint
+from .parts import Exercise, Part, close, int_judge, is_tensor, rand, randint
 
 # kanedu.models holds every answer of this exercise (MLP, KAN, count_parameters, matched_mlp, ...).
 _MODELS = ("kanedu.models", "kanedu.layers")
@@ -15,15 +15,6 @@ _MODELS = ("kanedu.models", "kanedu.layers")
 def _widths(gen, depth_lo=2, depth_hi=4, width_hi=12):
     return [randint(gen, 1, width_hi) for _ in range(randint(gen, depth_lo, depth_hi))]
 
-
-def _int_judge(expected_fn, what):
-    def judge(case, out):
-        msg = is_number(out, what, integer=True)
-        if msg:
-            return msg
-        expected, got = expected_fn(case), int(as_number(out))
-        return None if got == expected else f"expected {expected}, got {got}"
-    return judge
 
 
 def _mlp_count_cases(gen, hidden):
@@ -36,7 +27,7 @@ MLP_PARAMS = Part(
     points=2, minutes=5, seconds=1,
     hint="A linear layer from a to b nodes has a weight matrix [b, a] and a bias [b].",
     cases=_mlp_count_cases, run=lambda answer, c: answer(list(c["widths"])),
-    judge=_int_judge(lambda c: count_parameters(MLP(c["widths"], seed=0)), "the parameter count"),
+    judge=int_judge(lambda c: count_parameters(MLP(c["widths"], seed=0)), "the parameter count"),
     describe=lambda c: f"widths = {c['widths']}", forbidden=_MODELS,
 )
 
@@ -52,7 +43,7 @@ KAN_PARAMS = Part(
     points=2, minutes=5, seconds=1,
     hint="Lesson 03 counted one layer: n_in n_out (G + k + 2). A KAN adds its layers up.",
     cases=_kan_count_cases, run=lambda answer, c: answer(list(c["widths"]), c["G"], c["k"]),
-    judge=_int_judge(lambda c: count_parameters(KAN(c["widths"], grid_size=c["G"], spline_order=c["k"], seed=0)),
+    judge=int_judge(lambda c: count_parameters(KAN(c["widths"], grid_size=c["G"], spline_order=c["k"], seed=0)),
                      "the parameter count"),
     describe=lambda c: f"widths = {c['widths']}, G = {c['G']}, k = {c['k']}", forbidden=_MODELS,
 )
@@ -78,7 +69,7 @@ MATCHED = Part(
          "n_params (on a tie the smaller h); the count grows with h, so you can stop once it passes n_params.",
     cases=_matched_cases,
     run=lambda answer, c: answer(c["n_params"], c["n_in"], c["n_out"], c["hidden_layers"]),
-    judge=_int_judge(_matched_expected, "the hidden width"),
+    judge=int_judge(_matched_expected, "the hidden width"),
     describe=lambda c: (f"n_params = {c['n_params']}, n_in = {c['n_in']}, n_out = {c['n_out']}, "
                         f"{c['hidden_layers']} hidden layer(s)"),
     forbidden=_MODELS,

@@ -7,17 +7,7 @@ import torch
 from kanedu import KANLayer, flops_per_sample
 from kanedu.benchmark import saved_bytes
 
-from .parts import Exercise, Part, as_number, close, is_number, rand, randint
-
-
-def _int_judge(expected_fn, what):
-    def judge(case, out):
-        msg = is_number(out, what, integer=True)
-        if msg:
-            return msg
-        expected, got = expected_fn(case), int(as_number(out))
-        return None if got == expected else f"expected {expected}, got {got}"
-    return judge
+from .parts import Exercise, Part, as_number, close, int_judge, is_number, rand, randint
 
 
 def _flops_cases(gen, hidden):
@@ -39,7 +29,7 @@ FLOPS = Part(
          "Then 2 n_in n_out (k + 2) for the contraction when sparse, 2 n_in n_out (G + k + 1) when dense.",
     cases=_flops_cases,
     run=lambda answer, c: answer(c["n_in"], c["n_out"], c["G"], c["k"], c["sparse"]),
-    judge=_int_judge(_flops_expected, "the FLOP count"),
+    judge=int_judge(_flops_expected, "the FLOP count"),
     describe=lambda c: f"n_in = {c['n_in']}, n_out = {c['n_out']}, G = {c['G']}, k = {c['k']}, sparse = {c['sparse']}",
     forbidden=("kanedu.models:flops_per_sample",),
 )
@@ -117,7 +107,7 @@ MEMORY = Part(
     hint="Inside `with torch.autograd.graph.saved_tensors_hooks(pack, unpack):` call fn(); autograd passes every "
          "tensor it saves to pack(t), which must return it. Add t.numel() * t.element_size() unless "
          "t.data_ptr() is the data_ptr of one of the params.",
-    cases=_memory_cases, run=_memory_run, judge=_int_judge(_memory_expected, "the saved bytes"),
+    cases=_memory_cases, run=_memory_run, judge=int_judge(_memory_expected, "the saved bytes"),
     describe=lambda c: f"{c['kind']} with {c['n_in']} inputs, {c['n_out']} outputs, batch {c['batch']}",
     forbidden=("kanedu.benchmark:saved_bytes",),
 )

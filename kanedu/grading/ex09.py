@@ -8,21 +8,12 @@ from kanedu import KANLayer, count_parameters
 from kanedu.data import make_windows
 from kanedu.sequence import KANGRUCell, matched_gru
 
-from .parts import Exercise, Part, as_number, close, equal, is_number, is_tensor, rand, randint
+from .parts import Exercise, Part, close, equal, int_judge, is_tensor, rand, randint
 
 # kanedu.sequence holds the answers of parts 1-3 (KANGRUCell, kan_gru_parameter_count, matched_gru, ...);
 # KANLayer stays on: part 3 builds the cell from two of them.
 _SEQUENCE = ("kanedu.sequence", "kanedu.models:count_parameters")
 
-
-def _int_judge(expected_fn, what):
-    def judge(case, out):
-        msg = is_number(out, what, integer=True)
-        if msg:
-            return msg
-        expected, got = expected_fn(case), int(as_number(out))
-        return None if got == expected else f"expected {what} {expected}, got {got}"
-    return judge
 
 
 def _count_cases(gen, hidden):
@@ -43,7 +34,7 @@ COUNT = Part(
     hint="The cell holds KANLayer(input_size, 3H) and KANLayer(H, 3H); lesson 03: a KAN layer from a to b has "
          "a * b * (G + k + 2) parameters.",
     cases=_count_cases, run=lambda answer, c: answer(c["n_in"], c["H"], c["G"], c["k"]),
-    judge=_int_judge(_kan_gru_count, "the parameter count"),
+    judge=int_judge(_kan_gru_count, "the parameter count"),
     describe=lambda c: f"input_size = {c['n_in']}, hidden_size = {c['H']}, G = {c['G']}, k = {c['k']}",
     forbidden=_SEQUENCE,
 )
@@ -66,7 +57,7 @@ MATCHED = Part(
          "head adds (H + 1) head_out (nothing if head_out is 0). Try H = 1, 2, ... and keep the closest count "
          "(the smaller H on a tie); stop once the count passes n_params.",
     cases=_matched_cases, run=lambda answer, c: answer(c["n_params"], c["n_in"], c["head_out"]),
-    judge=_int_judge(_matched_hidden, "the hidden size"),
+    judge=int_judge(_matched_hidden, "the hidden size"),
     describe=lambda c: f"n_params = {c['n_params']}, input_size = {c['n_in']}, head_out = {c['head_out']}",
     forbidden=_SEQUENCE,
 )

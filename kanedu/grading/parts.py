@@ -291,3 +291,14 @@ def choice(gen: torch.Generator, options):
     """One of ``options``, uniformly, from ``gen``."""
     options = list(options)
     return options[randint(gen, 0, len(options) - 1)]
+
+
+def int_judge(expected_fn, what: str):
+    """A judge for parts whose answer is one integer: ``expected_fn(case)``, compared exactly."""
+    def judge(case, out):
+        msg = is_number(out, what, integer=True)
+        if msg:
+            return msg
+        expected, got = expected_fn(case), int(as_number(out))
+        return None if got == expected else f"expected {what} {expected}, got {got}"
+    return judge
