@@ -773,6 +773,7 @@ def test_container_cpu_quota_is_read_from_cgroups(monkeypatch, files, cpus):
 
 
 def test_default_thread_count_respects_affinity_quota_and_cap(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # an explicit setting wins (tested separately)
     monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: 1.5)
     assert runtime._available_cpus() == 1
     monkeypatch.setattr(runtime, "_cgroup_cpu_limit", lambda: None)
