@@ -20,8 +20,8 @@ The loops are plain module-level ``numba.njit(cache=True)`` functions for every 
 argument): numba compiles them once per installation and dtype and keeps the machine code in
 ``__pycache__``, like bytecode, so a new process loads them in well under a second. The base activation
 and its derivative come from torch (``kanedu.activations``). Work above ``PARALLEL_MIN_WORK`` is split over
-``torch.get_num_threads()`` threads (rows in forward, features in backward: no two threads write the same
-memory, so the bits do not depend on the split). First-order gradients only.
+up to ``torch.get_num_threads()`` of numba's threads (``prange``; rows in forward, features in backward, so
+no two threads write the same memory and every row is computed by the same loop). First-order gradients only.
 
 ``KANEDU_NATIVE=0`` in the environment before importing kanedu runs the torch kernel everywhere (what runs
 on a GPU); tests hold both to the Cox-de Boor reference.
@@ -32,23 +32,23 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from .activations import base_with_derivative
-from .splines import IntervalTable
+from .splines import IntervalTable, uniform_polynomials
 
 __all__ = ["ENABLED", "supports", "kan_linear", "NativeKANFunction", "dense_route", "features", "forward",
            "backward"]
 
 # numba is a declared dependency; without it (an odd platform) everything runs on the torch kernel
 ENABLED = importlib.util.find_spec("numba") is not None and os.environ.get("KANEDU_NATIVE", "1") != "0"
-# below this many multiply-adds (N * in * out) a call runs on the calling thread only: handing work to a
-# second thread costs tens of microseconds, and on 2-vCPU machines splitting small calls was slower
-PARALLEL_MIN_WORK = 1 << 21
+# below this many multiply-adds (N * in * out) per thread a call runs on the calling thread only. Waking
+# numba's threads costs ~10-20 us (a Python thread pool, used before, cost ~90 us and never paid off for
+# the benchmark's layers); 2^17 is about 50 us of loop work on one core
+PARALLEL_MIN_WORK = 1 << 17
 
 if ENABLED:
     import numba
@@ -58,11 +58,14 @@ if ENABLED:
              "fastmath": {"contract", "afn", "reassoc", "arcp", "nsz"}}
     _njit = numba.njit(**_OPTS)
     _inline = numba.njit(inline="always", **_OPTS)  # inlined into its caller, constants propagated
+    _njit_parallel = numba.njit(parallel=True, **_OPTS)  # numba's own threads (prange)
+    _prange = numba.prange
 else:  # pragma: no cover - the plain Python functions stay importable (and testable) without numba
     def _njit(fn):
         return fn
 
-    _inline = _njit
+    _inline = _njit_parallel = _njit
+    _prange = range
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor, k: int) -> bool:
@@ -89,129 +92,168 @@ def _compiling() -> bool:
 
 
 @_inline
-def _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, b0, b1):
-    N, n_in = x.shape
+def _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1):
+    # rows r0 .. r1 of x: samples (x [N, in]), or features if fm (x then x^T [in, N]); the outputs have x's shape
+    R, C = x.shape
     m = knots.shape[1]
-    n = m - k - 1
-    if uniform:  # the row from one floor; every full interval has the same polynomials
-        for b in range(b0, b1):
-            for f in range(n_in):
-                r, c = (f, b) if fm else (b, f)
-                xv = x[b, f]
-                u = (np.float64(xv) - t0[f]) * inv_h[f]
+    real = x.dtype.type  # every constant in x's dtype: float32 data never computes in float64
+    lowest, highest = real(-1.0), real(m - 1.0)
+    for r in range(r0, r1):
+        for c in range(C):
+            f = r if fm else c
+            xv = x[r, c]
+            if uniform:  # the row from one floor, in x's dtype (as the torch kernel does)
+                u = (xv - t0[f]) * inv_h[f]
                 i = np.floor(u)
-                i = i if i >= -1.0 else -1.0  # also NaN -> -1: no basis exists there
-                i = i if i <= m - 1.0 else m - 1.0
+                i = i if i >= lowest else lowest  # also NaN -> -1: no basis exists there
+                i = i if i <= highest else highest
                 s = u - i
                 q = np.int64(i) - k
-                first[r, c] = q
-                for j in range(k + 1):
-                    ok = (xv == xv) & (q + j >= 0) & (q + j < n)
-                    acc = poly[k, j]
-                    for p in range(k):
-                        acc = acc * s + poly[k - 1 - p, j]
-                    V[j, r, c] = acc if ok else 0.0
-                    if deriv:
-                        d = k * poly[k, j]
-                        for p in range(k - 1):
-                            d = d * s + (k - 1 - p) * poly[k - 1 - p, j]
-                        D[j, r, c] = d * inv_h[f] if ok else 0.0
-        return
-    for b in range(b0, b1):  # any knots: the row by bisection, that row's polynomials from the table
-        for f in range(n_in):
-            r, c = (f, b) if fm else (b, f)
-            xv = x[b, f]
-            lo, hi = 0, m  # the number of knots <= xv
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if knots[f, mid] <= xv:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            ok = (xv == xv) & (lo > 0) & (lo < m)  # rows 0 and m (outside the knots) hold no basis
-            s = (np.float64(xv) - t_left[f, lo]) * inv_w[f, lo]
-            first[r, c] = lo - 1 - k
+                scale = inv_h[f]
+                row = 1  # (only the bisection uses it)
+            else:  # any knots: the row by bisection (the number of knots <= xv; 0 for NaN)
+                row, hi = 0, m
+                while row < hi:
+                    mid = (row + hi) // 2
+                    if knots[f, mid] <= xv:
+                        row = mid + 1
+                    else:
+                        hi = mid
+                s = (xv - t_left[f, row]) * inv_w[f, row]
+                q = row - 1 - k
+                scale = inv_w[f, row]
+            first[r, c] = q
             for j in range(k + 1):
-                acc = tab[f, lo, k, j]
+                acc = real(poly[k][j] if uniform else tab[f, row, k, j])
                 for p in range(k):
-                    acc = acc * s + tab[f, lo, k - 1 - p, j]
-                V[j, r, c] = acc if ok else 0.0
+                    acc = acc * s + real(poly[k - 1 - p][j] if uniform else tab[f, row, k - 1 - p, j])
+                V[j, r, c] = acc
                 if deriv:
-                    d = k * tab[f, lo, k, j]
+                    d = real(k * (poly[k][j] if uniform else tab[f, row, k, j]))
                     for p in range(k - 1):
-                        d = d * s + (k - 1 - p) * tab[f, lo, k - 1 - p, j]
-                    D[j, r, c] = d * inv_w[f, lo] if ok else 0.0
+                        d = d * s + real((k - 1 - p) * (poly[k - 1 - p][j] if uniform else tab[f, row, k - 1 - p, j]))
+                    D[j, r, c] = d * scale
+
+
+# the cubic's polynomials as a tuple: numba folds a global tuple into the machine code as constants
+_CUBIC = uniform_polynomials(3)
 
 
 @_njit
-def _locate(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, b0, b1):
-    """The ``k + 1`` bases that can be non-zero at every ``x[b, f]`` of rows ``b0 .. b1``: ``first[b, f]`` the
+def _locate(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1):
+    """The ``k + 1`` bases that can be non-zero at every ``x[b, f]`` of rows ``r0 .. r1``: ``first[b, f]`` the
     index of the basis in ``V[0, b, f]``, ``V[j, b, f]`` the bases ``first .. first + k`` and ``D`` their
-    ``d/dx`` (if ``deriv``); feature-major (``first[f, b]``, ``V[j, f, b]``) if ``fm``.
+    ``d/dx`` (if ``deriv``). Feature-major if ``fm``: ``x`` is then ``x^T [in, N]`` and so are the outputs
+    (``first[f, b]``, ``V[j, f, b]``), so that every loop reads and writes memory in order.
 
     The steps of ``kanedu.splines``: the table row (a floor on uniform knots, a bisection on any others),
-    ``s = (x - t_left) / width``, the row's polynomials by Horner's rule. Bases that do not exist (beyond the
-    grid ends) are exact zeros, as are all of them for a NaN ``x`` (the base activation then carries the NaN).
+    ``s = (x - t_left) / width``, the row's polynomials by Horner's rule. Slots ``j`` whose basis index
+    ``first + j`` lies outside ``0 .. n - 1`` hold no basis (near and beyond the grid ends; all of them for a
+    NaN ``x``, whose ``first`` is ``-k - 1``): every loop that reads ``V`` skips them by that index, so they
+    are left as computed instead of being zeroed here (the test per slot cost more than the polynomials).
     """
-    if k == 3:
-        _locate_body(x, 3, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, b0, b1)
+    if k == 3 and uniform and fm:
+        _locate_body(x, 3, True, t0, inv_h, _CUBIC, tab, t_left, inv_w, knots, first, V, D, deriv, True, r0, r1)
+    elif k == 3 and uniform:
+        _locate_body(x, 3, True, t0, inv_h, _CUBIC, tab, t_left, inv_w, knots, first, V, D, deriv, False, r0, r1)
+    elif k == 3:
+        _locate_body(x, 3, False, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1)
     else:
-        _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, b0, b1)
+        _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1)
+
+
+@_njit_parallel
+def _locate_parallel(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, total, parts):
+    """:func:`_locate` over rows ``0 .. total`` in ``parts`` pieces, one per thread of numba's."""
+    for p in _prange(parts):
+        _locate(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, total * p // parts, total * (p + 1) // parts)
 
 
 # ---- the two routes ---------------------------------------------------------------------------------------
 
 
 @_inline
-def _phi_rows_body(bx, has_base, k, first, V, phi, b0, b1):
+def _phi_row(bx, has_base, k, first, V, phi, b):
+    # one row of Phi: zeros, then per feature b(x) in slot 0 and the k + 1 located bases
     n_in = first.shape[1]
     P = phi.shape[1] // n_in
     n = P - 1
-    for b in range(b0, b1):
-        for c in range(phi.shape[1]):
-            phi[b, c] = 0.0
-        for f in range(n_in):
-            at = f * P
-            if has_base:
-                phi[b, at] = bx[b, f]
-            q = first[b, f]
+    zero = phi.dtype.type(0.0)
+    for c in range(phi.shape[1]):
+        phi[b, c] = zero
+    for f in range(n_in):
+        at = f * P
+        if has_base:
+            phi[b, at] = bx[b, f]
+        q = first[b, f]
+        if 0 <= q and q + k < n:  # all k + 1 bases exist (every x but those near the grid ends)
+            for j in range(k + 1):
+                phi[b, at + 1 + q + j] = V[j, b, f]
+        else:
             for j in range(k + 1):
                 if 0 <= q + j < n:
                     phi[b, at + 1 + q + j] = V[j, b, f]
 
 
-@_njit
-def _phi_rows(bx, has_base, k, first, V, phi, b0, b1):
-    """Rows ``b0 .. b1`` of the expanded features ``phi [N, in * (n + 1)]`` (zeros but ``k + 2`` per feature)."""
-    if k == 3:
-        _phi_rows_body(bx, has_base, 3, first, V, phi, b0, b1)
-    else:
-        _phi_rows_body(bx, has_base, k, first, V, phi, b0, b1)
-
-
 @_inline
-def _phi_gather_body(dbx, has_base, k, first, D, gphi, gx, b0, b1):
+def _phi_gather_row(dbx, has_base, k, first, D, gphi, gx, b):
+    # gx[b, f] = sum over the slots of d Phi[b, f, slot] / dx * gphi[b, f * P + slot]
     n_in = first.shape[1]
     P = gphi.shape[1] // n_in
     n = P - 1
-    for b in range(b0, b1):
-        for f in range(n_in):
-            q = first[b, f]
-            at = f * P
-            acc = dbx[b, f] * gphi[b, at] if has_base else 0.0
+    for f in range(n_in):
+        q = first[b, f]
+        at = f * P
+        acc = dbx[b, f] * gphi[b, at] if has_base else gphi.dtype.type(0.0)
+        if 0 <= q and q + k < n:
+            for j in range(k + 1):
+                acc += D[j, b, f] * gphi[b, at + 1 + q + j]
+        else:
             for j in range(k + 1):
                 if 0 <= q + j < n:
                     acc += D[j, b, f] * gphi[b, at + 1 + q + j]
-            gx[b, f] = acc
+        gx[b, f] = acc
 
 
 @_njit
-def _phi_gather(dbx, has_base, k, first, D, gphi, gx, b0, b1):
-    """``gx[b, f] = sum_slots dPhi[b, f, slot]/dx * gphi[b, f * P + slot]`` for rows ``b0 .. b1``."""
-    if k == 3:
-        _phi_gather_body(dbx, has_base, 3, first, D, gphi, gx, b0, b1)
-    else:
-        _phi_gather_body(dbx, has_base, k, first, D, gphi, gx, b0, b1)
+def _phi_rows(bx, has_base, k, first, V, phi, b0, b1):
+    """Rows ``b0 .. b1`` of the expanded features ``phi [N, in * (n + 1)]`` (zeros but ``k + 2`` per feature)."""
+    for b in range(b0, b1):
+        if k == 3:
+            _phi_row(bx, has_base, 3, first, V, phi, b)
+        else:
+            _phi_row(bx, has_base, k, first, V, phi, b)
+
+
+@_njit_parallel
+def _phi_rows_parallel(bx, has_base, k, first, V, phi, total, parts):
+    """:func:`_phi_rows` over rows ``0 .. total`` in ``parts`` pieces, one per thread of numba's."""
+    for p in _prange(parts):
+        _phi_rows(bx, has_base, k, first, V, phi, total * p // parts, total * (p + 1) // parts)
+
+
+@_njit
+def _phi_gather(dbx, has_base, k, first, D, gphi, gx, phi, bx, V, b0, b1):
+    """For rows ``b0 .. b1``: ``gx[b, f] = sum_slots dPhi[b, f, slot]/dx * gphi[b, f * P + slot]`` (if ``gphi``
+    has rows), then the row of ``phi`` (if it has rows), in one pass while the row's bases are in the cache."""
+    for b in range(b0, b1):
+        if k == 3:
+            if gphi.shape[0]:
+                _phi_gather_row(dbx, has_base, 3, first, D, gphi, gx, b)
+            if phi.shape[0]:
+                _phi_row(bx, has_base, 3, first, V, phi, b)
+        else:
+            if gphi.shape[0]:
+                _phi_gather_row(dbx, has_base, k, first, D, gphi, gx, b)
+            if phi.shape[0]:
+                _phi_row(bx, has_base, k, first, V, phi, b)
+
+
+@_njit_parallel
+def _phi_gather_parallel(dbx, has_base, k, first, D, gphi, gx, phi, bx, V, total, parts):
+    """:func:`_phi_gather` over rows ``0 .. total`` in ``parts`` pieces, one per thread of numba's."""
+    for p in _prange(parts):
+        _phi_gather(dbx, has_base, k, first, D, gphi, gx, phi, bx, V, total * p // parts, total * (p + 1) // parts)
 
 
 @_inline
@@ -250,6 +292,13 @@ def _sparse_forward(bx, has_base, k, first, V, W, y, fm, b0, b1):
         _sparse_forward_body(bx, has_base, 3, first, V, W, y, fm, b0, b1)
     else:
         _sparse_forward_body(bx, has_base, k, first, V, W, y, fm, b0, b1)
+
+
+@_njit_parallel
+def _sparse_forward_parallel(bx, has_base, k, first, V, W, y, fm, total, parts):
+    """:func:`_sparse_forward` over rows ``0 .. total`` in ``parts`` pieces, one per thread of numba's."""
+    for p in _prange(parts):
+        _sparse_forward(bx, has_base, k, first, V, W, y, fm, total * p // parts, total * (p + 1) // parts)
 
 
 @_inline
@@ -305,32 +354,42 @@ def _sparse_backward(bx, dbx, has_base, k, first, V, D, W, g, need_x, need_w, gx
         _sparse_backward_body(bx, dbx, has_base, k, first, V, D, W, g, need_x, need_w, gx, gW, f0, f1)
 
 
+@_njit_parallel
+def _sparse_backward_parallel(bx, dbx, has_base, k, first, V, D, W, g, need_x, need_w, gx, gW, total, parts):
+    """:func:`_sparse_backward` over features ``0 .. total`` in ``parts`` pieces, one per thread of numba's."""
+    for p in _prange(parts):
+        _sparse_backward(bx, dbx, has_base, k, first, V, D, W, g, need_x, need_w, gx, gW, total * p // parts, total * (p + 1) // parts)
+
+
 # ---- calling them -----------------------------------------------------------------------------------------
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the pid that made it, the pool)
-_POOL_LOCK = threading.Lock()
+_MAIN = (os.getpid(), threading.main_thread())
 
 
-def _pool() -> ThreadPoolExecutor:
-    """The worker threads, made on first use; a forked child (a DataLoader worker) makes its own."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid():
-            _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=7, thread_name_prefix="kanedu-native"))
-        return _POOL[1]
+def _parts(total: int, work: int) -> int:
+    """How many threads a call of ``work`` multiply-adds over ``total`` rows gets: up to
+    ``torch.get_num_threads()`` (and numba's thread count), one if below ``PARALLEL_MIN_WORK`` per thread.
+
+    Only the main thread of the process that imported kanedu splits work: numba's fallback threading
+    layer (workqueue) must not be entered from two threads at once, and OpenMP's must not be used in a
+    forked child (a DataLoader worker), where it can hang.
+    """
+    if os.getpid() != _MAIN[0] or threading.current_thread() is not _MAIN[1]:
+        return 1
+    return max(1, min(torch.get_num_threads(), _NUMBA_THREADS, total, work // PARALLEL_MIN_WORK))
 
 
-def _run_split(fn, total: int, work: int, args_of):
-    """``fn(*args_of(lo, hi))`` over ``[0, total)`` in up to ``torch.get_num_threads()`` parts."""
-    parts = max(1, min(torch.get_num_threads(), 8, total, work // PARALLEL_MIN_WORK))
+_NUMBA_THREADS = numba.config.NUMBA_NUM_THREADS if ENABLED else 1
+
+
+def _run_split(fn, parallel, total: int, work: int, args: tuple):
+    """``fn(*args, 0, total)``, or ``parallel(*args, total, parts)`` (the same loops, split over numba's
+    threads: rows in forward, features in backward, so no two threads write the same memory)."""
+    parts = _parts(total, work)
     if parts == 1:
-        fn(*args_of(0, total))
-        return
-    bounds = [total * p // parts for p in range(parts + 1)]
-    futures = [_pool().submit(fn, *args_of(bounds[p], bounds[p + 1])) for p in range(parts - 1)]
-    fn(*args_of(bounds[-2], bounds[-1]))
-    for fut in futures:
-        fut.result()
+        fn(*args, 0, total)
+    else:
+        parallel(*args, total, parts)
 
 
 def knot_constants(grid: np.ndarray, table: IntervalTable, k: int, uniform: bool) -> tuple:
@@ -363,12 +422,12 @@ def locate(x: np.ndarray, kc: tuple, derivative: bool, feature_major: bool = Fal
     ``feature_major``: ``first [in, N]``, ``V``, ``D [k + 1, in, N]``."""
     N, n_in = x.shape
     K = kc[0] + 1
-    shape = (n_in, N) if feature_major else (N, n_in)
-    first = np.empty(shape, dtype=np.int64)
-    V = np.empty((K, *shape), dtype=x.dtype)
-    D = np.empty((K, *shape), dtype=x.dtype) if derivative else V
-    _run_split(_locate, N, N * n_in * K * 8,
-               lambda lo, hi: (x, *kc, first, V, D, derivative, feature_major, lo, hi))
+    xs = np.ascontiguousarray(x.T) if feature_major else x
+    first = np.empty(xs.shape, dtype=np.int64)
+    V = np.empty((K, *xs.shape), dtype=x.dtype)
+    D = np.empty((K, *xs.shape), dtype=x.dtype) if derivative else V
+    _run_split(_locate, _locate_parallel, xs.shape[0], N * n_in * K * 8,
+               (xs, *kc, first, V, D, derivative, feature_major))
     return first, V, (D if derivative else None)
 
 
@@ -376,7 +435,7 @@ def _features(bx, k, first, V, n_slots):
     N, n_in = first.shape
     phi = np.empty((N, n_in * n_slots), dtype=V.dtype)
     has_base, bxa = (False, V[0]) if bx is None else (True, bx)
-    _run_split(_phi_rows, N, N * n_in * n_slots, lambda lo, hi: (bxa, has_base, k, first, V, phi, lo, hi))
+    _run_split(_phi_rows, _phi_rows_parallel, N, N * n_in * n_slots, (bxa, has_base, k, first, V, phi))
     return phi
 
 
@@ -405,7 +464,8 @@ def forward(x: np.ndarray, bx: np.ndarray | None, kc: tuple, W: np.ndarray, loca
         return _mm(_features(bx, k, first, V, n_slots), W.reshape(n_in * n_slots, n_out))
     y = np.empty((N, n_out), dtype=x.dtype)
     has_base, bxa = (False, x) if bx is None else (True, bx)
-    _run_split(_sparse_forward, N, N * n_in * n_out, lambda lo, hi: (bxa, has_base, k, first, V, W, y, True, lo, hi))
+    _run_split(_sparse_forward, _sparse_forward_parallel, N, N * n_in * n_out,
+               (bxa, has_base, k, first, V, W, y, True))
     return y
 
 
@@ -424,21 +484,22 @@ def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, ne
     gW = None
     if dense_route(N, n_in, n_slots):
         first, V, D = located if located is not None else locate(x, kc, need_x)
-        if need_x:
-            gphi = _mm(g, W.reshape(n_in * n_slots, n_out).T)  # [N, in * P]
-            _run_split(_phi_gather, N, N * n_in * n_slots,
-                       lambda lo, hi: (dbxa, has_base, k, first, D, gphi, gx, lo, hi))
-            del gphi
+        gphi = _mm(g, W.reshape(n_in * n_slots, n_out).T) if need_x else np.empty((0, 1), dtype=x.dtype)
+        phi = np.empty((N if need_w else 0, n_in * n_slots), dtype=x.dtype)
+        gxa = gx if need_x else np.empty((1, 1), dtype=x.dtype)
+        _run_split(_phi_gather, _phi_gather_parallel, N, N * n_in * n_slots,  # dL/dx and Phi in one pass
+                   (dbxa, has_base, k, first, D if need_x else V, gphi, gxa, phi, bxa, V))
+        del gphi
         if need_w:
-            gW = _mm(_features(bx, k, first, V, n_slots).T, g).reshape(n_in, n_slots, n_out)
+            gW = _mm(phi.T, g).reshape(n_in, n_slots, n_out)
         return gx, gW
     # feature-major, so that the loop over the samples of one feature reads them in order
     first, V, D = located if located is not None else locate(x, kc, need_x, feature_major=True)
     Da = D if need_x else V
     gW = np.empty_like(W) if need_w else np.empty((1, 1, 1), dtype=x.dtype)
     gxa = gx if need_x else np.empty((1, 1), dtype=x.dtype)
-    _run_split(_sparse_backward, n_in, N * n_in * n_out,
-               lambda lo, hi: (bxa, dbxa, has_base, k, first, V, Da, W, g, need_x, need_w, gxa, gW, lo, hi))
+    _run_split(_sparse_backward, _sparse_backward_parallel, n_in, N * n_in * n_out,
+               (bxa, dbxa, has_base, k, first, V, Da, W, g, need_x, need_w, gxa, gW))
     return gx, (gW if need_w else None)
 
 
