@@ -166,7 +166,8 @@ def _locate(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V,
 def _locate_parallel(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, total, parts):
     """:func:`_locate` over rows ``0 .. total`` in ``parts`` pieces, one per thread of numba's."""
     for p in _prange(parts):
-        _locate(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, total * p // parts, total * (p + 1) // parts)
+        lo, hi = total * p // parts, total * (p + 1) // parts
+        _locate(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, lo, hi)
 
 
 # ---- the two routes ---------------------------------------------------------------------------------------
@@ -358,7 +359,8 @@ def _sparse_backward(bx, dbx, has_base, k, first, V, D, W, g, need_x, need_w, gx
 def _sparse_backward_parallel(bx, dbx, has_base, k, first, V, D, W, g, need_x, need_w, gx, gW, total, parts):
     """:func:`_sparse_backward` over features ``0 .. total`` in ``parts`` pieces, one per thread of numba's."""
     for p in _prange(parts):
-        _sparse_backward(bx, dbx, has_base, k, first, V, D, W, g, need_x, need_w, gx, gW, total * p // parts, total * (p + 1) // parts)
+        lo, hi = total * p // parts, total * (p + 1) // parts
+        _sparse_backward(bx, dbx, has_base, k, first, V, D, W, g, need_x, need_w, gx, gW, lo, hi)
 
 
 # ---- calling them -----------------------------------------------------------------------------------------
