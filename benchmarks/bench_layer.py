@@ -8,8 +8,12 @@ On the CPU ``kanedu`` runs the compiled loops of ``kanedu.native`` (numba); the 
 a GPU, or where numba is missing, is timed beside it as "kanedu (torch kernel)".
 
 Run: python benchmarks/bench_layer.py [--threads 2] [--rounds 7]
-Targets (issue 3): uniform G=5 (64->64, B=1024) <= 2.0x; uniform G=50 (32->32, B=512) <= 1.0x;
+Targets (issues 3 and 12): uniform G=5 (64->64, B=1024) <= 2.0x; uniform G=50 (32->32, B=512) <= 0.8x;
 adaptive G=5 <= 5x; saved activations <= those of nn.Linear(in*(G+k), out).
+
+Measured on the 2-core course machine (AMD EPYC, AVX-512), medians of 6 runs of 7 rounds each, quiet:
+2 threads 1.84x / 0.58x / 2.06x (G=5 / G=50 / adaptive; run minima 1.67x / 0.52x / 1.98x); 1 thread
+1.56x / 0.42x / 1.99x. The ratio swings by +-15% from run to run on this shared machine.
 """
 
 from __future__ import annotations
@@ -133,7 +137,7 @@ def main():
     print(f"kanedu engine on the CPU: {'compiled loops (kanedu.native, numba)' if native.ENABLED else 'torch kernel'}")
     results = {
         "uniform G=5": (run_case("uniform G=5", 1024, 64, 64, 5, 3, False, args.rounds, not args.no_peers), 2.0),
-        "uniform G=50": (run_case("uniform G=50", 512, 32, 32, 50, 3, False, args.rounds, not args.no_peers), 1.0),
+        "uniform G=50": (run_case("uniform G=50", 512, 32, 32, 50, 3, False, args.rounds, not args.no_peers), 0.8),
         "adaptive G=5": (run_case("adaptive G=5", 1024, 64, 64, 5, 3, True, args.rounds, False), 5.0),
     }
     print("\nsummary (kanedu / dense matmul, fwd+bwd; target):")

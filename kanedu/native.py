@@ -406,10 +406,12 @@ def knot_constants(grid: np.ndarray, table: IntervalTable, k: int, uniform: bool
 
 # When the loops write Phi and BLAS multiplies (the dense route). Per sample and feature the sparse loops do
 # about 3 (k + 2) passes over ``out``, BLAS 3 P multiply-adds at several times the speed, plus a fixed cost
-# per call: the dense route wins for few slots (G = 5, 8) and many (sample, feature) pairs, and loses from
-# G ~ 12-20 and for few pairs (2 -> 5 at batch 1024). Above DENSE_MAX_ELEMENTS entries of Phi (64 MB in
-# float32) the sparse loops run whatever the sizes: they need no temporary larger than the output.
-SPARSE_MIN_SLOTS = 16
+# per call. Measured after the loops were last sped up (1 thread, fwd + bwd, sparse / dense time): 0.98 at
+# G = 5 and 64 -> 64 (batch 1024), 0.80 at G = 8, 0.78 at G = 11; 1.15 at G = 5 and 16 -> 16 (batch 4096),
+# 0.73 for 2 -> 5 (batch 1000). So the dense route runs for cubic G <= 7 and many (sample, feature) pairs.
+# Above DENSE_MAX_ELEMENTS entries of Phi (64 MB in float32) the sparse loops run whatever the sizes: they
+# need no temporary larger than the output.
+SPARSE_MIN_SLOTS = 12
 DENSE_MIN_PAIRS = 8192
 DENSE_MAX_ELEMENTS = 1 << 24
 
