@@ -391,6 +391,7 @@ def _run_split(fn, parallel, total: int, work: int, args: tuple):
     if parts == 1:
         fn(*args, 0, total)
     else:
+        numba.set_num_threads(parts)  # wake only the threads that get a part (not one per CPU)
         parallel(*args, total, parts)
 
 
