@@ -8,7 +8,9 @@ sets a title, and writes a file only when ``save=path`` is given.
 * :func:`plot_network`: the pykan-style diagram, every edge drawn as its learned curve (lessons 03-05);
 * :func:`plot_ka_network`: a hand-built two-level Kolmogorov-Arnold network of given functions (lesson 01);
 * :func:`plot_history`, :func:`plot_fit_1d`: training curves and 1-D fits (lesson 04);
-* :func:`plot_staircase`: the train/test curves of a grid-extension run, stage after stage (lesson 04).
+* :func:`plot_staircase`: the train/test curves of a grid-extension run, stage after stage (lesson 04);
+* :func:`plot_edges_vs_ideal`: the edges of a ``[n, 1, 1]`` KAN against the ideal ``F(sum_i g_i(x_i))``
+  (lesson 04).
 
 ``plot_network`` draws all curves, edges and frames as three ``LineCollection`` objects in one Axes
 (data coordinates), not one Axes per edge, so a [4, 5, 5, 1] KAN takes a fraction of a second.
@@ -24,7 +26,7 @@ from .layers import KANLayer
 from .splines import bspline_basis, uniform_grid
 
 __all__ = ["plot_basis", "plot_activation", "plot_network", "plot_history", "plot_fit_1d", "plot_staircase",
-           "plot_ka_network"]
+           "plot_ka_network", "plot_edges_vs_ideal"]
 
 NUMERIC_COLOR = (0.0, 0.0, 0.0)
 SYMBOLIC_COLOR = (0.80, 0.10, 0.10)
@@ -367,6 +369,94 @@ def plot_staircase(stages, ax=None, keys=("train_rmse", "test_rmse"), title=None
            title=title or f"grid extension, G = {', '.join(str(G) for G, _ in stages)}")
     ax.legend()
     return _save(ax, save)
+
+
+@torch.no_grad()
+def plot_edges_vs_ideal(model, inner, outer, x: torch.Tensor, labels=None, input_names=None, axes=None,
+                        title=None, n: int = 401):
+    """The edges of a KAN ``[n_in, 1, 1]`` against the ideal edges of ``f(x) = F(sum_i g_i(x_i))``.
+
+    Such a KAN can represent ``f`` exactly, but only up to constants: the hidden node may compute
+    ``h = a sum_i g_i(x_i) + sum_i b_i`` for any ``a != 0`` and ``b_i``. So each inner edge ``phi_i`` is
+    compared with ``a_i g_i + b_i``, ``(a_i, b_i)`` fitted to it by least squares on ``n`` points spanning the
+    data's range of ``x_i``, and the outer edge with ``F((h - sum_i b_i) / a)``, ``a`` the mean of the ``a_i``,
+    over the range of ``h`` on the data. Each panel draws the ideal (thick grey), the learned edge (red) and
+    the edge's knots inside the plotted range, titled with the relative RMS deviation
+    ``rms(learned - ideal) / std(ideal)``.
+
+    Args:
+        model: a ``kanedu.KAN`` with widths ``[n_in, 1, 1]``.
+        inner: ``n_in`` functions ``g_i``, torch ``[n] -> [n]``.
+        outer: ``F``, torch ``[n] -> [n]``.
+        x: model inputs ``[N, n_in]`` (the training inputs): they set the plotted ranges.
+        labels: ``n_in + 1`` legend labels of the ideal curves (default "ideal").
+        input_names: ``n_in`` axis labels of the inputs (default ``$x_1$``, ``$x_2$``, ...).
+        axes: ``n_in + 1`` Axes to draw into (default: a new figure with one row of panels).
+        title: the figure's suptitle, if given.
+
+    Returns:
+        ``(axes, deviations)``: the Axes (inner edges first, then the outer one) and the ``n_in + 1``
+        relative RMS deviations (floats) in the same order.
+    """
+    model = _check_model(model)
+    widths = list(model.widths)
+    if len(widths) != 3 or widths[1:] != [1, 1] or any(getattr(model, "n_mult", ())):
+        raise ValueError(f"plot_edges_vs_ideal needs a KAN [n_in, 1, 1] of sum nodes, got widths {model.widths}")
+    d = widths[0]
+    inner = list(inner)
+    if len(inner) != d or not callable(outer):
+        raise ValueError(f"inner must be {d} functions (one per input) and outer one function, got {len(inner)}")
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"x must be [N, {d}], got {tuple(x.shape)}")
+    labels = list(labels) if labels is not None else ["ideal"] * (d + 1)
+    names = list(input_names) if input_names is not None else [f"$x_{i + 1}$" for i in range(d)]
+    if len(labels) != d + 1 or len(names) != d:
+        raise ValueError(f"labels needs {d + 1} entries and input_names {d}, got {len(labels)} and {len(names)}")
+    first, second = model.layers
+    param = next(first.parameters())
+    x = x.to(device=param.device, dtype=param.dtype)
+    lo, hi = x.min(0).values, x.max(0).values
+    u = torch.stack([torch.linspace(float(a), float(b), n, dtype=x.dtype, device=x.device) for a, b in zip(lo, hi)], 1)
+    phi_in = first.edge_activations(u)[:, 0, :]  # [n, d]: phi_i(u_i)
+    ideals, a_fit, b_fit = [], [], []
+    for i, g in enumerate(inner):
+        gi = g(u[:, i]).reshape(n)
+        A = torch.stack([gi, torch.ones_like(gi)], 1)
+        a_i, b_i = torch.linalg.lstsq(A, phi_in[:, i : i + 1]).solution[:, 0].tolist()
+        a_fit.append(a_i)
+        b_fit.append(b_i)
+        ideals.append(a_i * gi + b_i)
+    h_data = first(x)[:, 0]
+    h = torch.linspace(float(h_data.min()), float(h_data.max()), n, dtype=x.dtype, device=x.device)
+    a = sum(a_fit) / d
+    ideals.append(outer((h - sum(b_fit)) / a).reshape(n))
+    learned = [phi_in[:, i] for i in range(d)] + [second.edge_activations(h[:, None])[:, 0, 0]]
+    deviations = [float((l - i).pow(2).mean().sqrt() / i.std()) for l, i in zip(learned, ideals)]
+
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, d + 1, figsize=(4.7 * (d + 1), 3.6), squeeze=False)
+        axes = list(axes[0])
+    axes = list(axes)
+    if len(axes) != d + 1:
+        raise ValueError(f"axes must hold {d + 1} Axes, got {len(axes)}")
+    grids = [first.grid[i] for i in range(d)] + [second.grid[0]]
+    xs = [u[:, i] for i in range(d)] + [h]
+    names = names + ["hidden value $h$"]
+    ylabels = [f"$\\phi_{{{i + 1}}}$ ({name})" for i, name in enumerate(names[:-1])] + [f"$\\phi_{{{d + 1}}}$ ($h$)"]
+    for ax, xi, li, ii, label, name, ylabel, grid, dev in zip(
+            axes, xs, learned, ideals, labels, names, ylabels, grids, deviations):
+        xi, li, ii = xi.cpu().numpy(), li.cpu().numpy(), ii.cpu().numpy()
+        ax.plot(xi, ii, color="0.6", lw=4, label=label)
+        ax.plot(xi, li, color="tab:red", lw=1.5, label="learned edge")
+        knots = grid[(grid >= float(xi[0])) & (grid <= float(xi[-1]))].cpu().numpy()
+        ax.plot(knots, [float(ii.min())] * len(knots), "k|", ms=10, label=f"knots (G = {first.grid_size})")
+        ax.set(xlabel=name, ylabel=ylabel, title=f"relative RMS deviation {dev:.1e}")
+        ax.legend(fontsize=7)
+    if title is not None:
+        axes[0].figure.suptitle(title)
+    return axes, deviations
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from kanedu.data import make_dataset  # noqa: E402
 from kanedu.plot import (  # noqa: E402
     plot_activation,
     plot_basis,
+    plot_edges_vs_ideal,
     plot_fit_1d,
     plot_history,
     plot_ka_network,
@@ -186,3 +187,56 @@ def test_plot_ka_network_draws_every_edge_function():
     with pytest.raises(ValueError, match="inner"):
         plot_ka_network(inner=[[np.sin]], outer=[np.exp], input_names=["x", "y"], inner_labels=[["a"]],
                         outer_labels=["b"])
+
+
+def _exact_211(grid_size=5):
+    """A KAN [2, 1, 1] that computes exp(sin(pi x1) + x2^2) exactly, with a = 2, b1 = 0.5, b2 = -0.3."""
+    model = KAN([2, 1, 1], grid_size=grid_size, seed=0, dtype=D)
+    fix_symbolic(model, 0, 0, 0, "sin", params=(math.pi, 0.0, 2.0, 0.5))  # 2 sin(pi x1) + 0.5
+    fix_symbolic(model, 0, 1, 0, "x^2", params=(1.0, 0.0, 2.0, -0.3))  # 2 x2^2 - 0.3
+    fix_symbolic(model, 1, 0, 0, "exp", params=(0.5, -0.1, 1.0, 0.0))  # exp((h - 0.2) / 2)
+    return model
+
+
+def test_plot_edges_vs_ideal_finds_the_constants_and_draws_each_edge():
+    model = _exact_211()
+    x = torch.rand(300, 2, dtype=D) * 2 - 1
+    inner = (lambda u: torch.sin(math.pi * u), lambda u: u**2)
+    axes, dev = plot_edges_vs_ideal(model, inner, torch.exp, x, labels=["sin", "square", "exp"], title="exact")
+    assert len(axes) == 3 and len(dev) == 3
+    assert max(dev) < 1e-10, f"an exact KAN should match its ideal edges to rounding, got {dev}"
+    for ax, label in zip(axes, ["sin", "square", "exp"]):
+        ideal, learned, knots = ax.get_lines()
+        assert [ideal.get_label(), learned.get_label(), knots.get_label()] == [label, "learned edge", "knots (G = 5)"]
+        assert abs(ideal.get_ydata() - learned.get_ydata()).max() < 1e-9
+        assert ax.get_title().startswith("relative RMS deviation") and ax.get_xlabel()
+    u, phi1 = axes[0].get_lines()[1].get_data()
+    assert u.min() == pytest.approx(float(x[:, 0].min())) and u.max() == pytest.approx(float(x[:, 0].max()))
+    assert abs(phi1 - (2 * torch.sin(math.pi * torch.tensor(u)) + 0.5).numpy()).max() < 1e-12
+    h = axes[2].get_lines()[1].get_xdata()
+    h_data = model.layers[0](x)[:, 0].detach()
+    assert h.min() == pytest.approx(float(h_data.min())) and h.max() == pytest.approx(float(h_data.max()))
+    knots = axes[0].get_lines()[2].get_xdata()
+    grid = model.layers[0].grid[0]
+    assert len(knots) == int(((grid >= u.min()) & (grid <= u.max())).sum()) >= 4
+    assert axes[0].figure._suptitle.get_text() == "exact"
+
+
+def test_plot_edges_vs_ideal_measures_a_wrong_shape_and_rejects_bad_input():
+    model = _exact_211()
+    x = torch.rand(300, 2, dtype=D) * 2 - 1
+    _, dev = plot_edges_vs_ideal(model, (lambda u: torch.cos(math.pi * u), lambda u: u**2), torch.exp, x)
+    assert dev[0] > 0.3 and dev[1] < 1e-10, f"cos is not sin up to a, b: {dev}"
+    fig, axes = plt.subplots(1, 3)
+    drawn, _ = plot_edges_vs_ideal(model, (torch.sin, torch.square), torch.exp, x, axes=axes)
+    assert drawn == list(axes)
+    with pytest.raises(ValueError, match="n_in, 1, 1"):
+        plot_edges_vs_ideal(KAN([2, 2, 1], seed=0), (torch.sin, torch.square), torch.exp, x)
+    with pytest.raises(ValueError, match="2 functions"):
+        plot_edges_vs_ideal(model, (torch.sin,), torch.exp, x)
+    with pytest.raises(ValueError, match="x must be"):
+        plot_edges_vs_ideal(model, (torch.sin, torch.square), torch.exp, x[:, :1])
+    with pytest.raises(ValueError, match="axes must hold"):
+        plot_edges_vs_ideal(model, (torch.sin, torch.square), torch.exp, x, axes=axes[:2])
+    with pytest.raises(TypeError, match="KAN"):
+        plot_edges_vs_ideal(model.layers[0], (torch.sin, torch.square), torch.exp, x)
