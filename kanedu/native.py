@@ -524,6 +524,7 @@ class NativeKANFunction(torch.autograd.Function):
         ctx.table, ctx.k, ctx.base, ctx.uniform = table, k, base, uniform
         b, _ = base_with_derivative(base, x)
         kc = knot_constants(grid.detach().numpy(), table, k, uniform)
+        ctx.kc = kc  # NumPy views of the grid and its table, reused by backward
         xn = x.numpy()
         keep = xn.size <= KEEP_LOCATED_PAIRS
         located = locate(xn, kc, keep and ctx.needs_input_grad[0], feature_major=not dense_route(*xn.shape, w.shape[1]))
@@ -544,7 +545,7 @@ class NativeKANFunction(torch.autograd.Function):
         b, db = base_with_derivative(ctx.base, x)
         bx = None if b is None else b.numpy()
         dbx = db().numpy() if (b is not None and need_x) else None
-        kc = knot_constants(grid.detach().numpy(), ctx.table, ctx.k, ctx.uniform)
+        kc = ctx.kc
         gx, gw = backward(x.numpy(), bx, dbx, kc, w.numpy(), g.contiguous().numpy(), need_x, need_w, located)
         return (None if gx is None else torch.from_numpy(gx), None if gw is None else torch.from_numpy(gw),
                 None, None, None, None, None)
