@@ -13,11 +13,14 @@ shared machine hits all of them; each ratio is reported as the median over round
 Run: python benchmarks/bench_sequence.py [--threads 1] [--rounds 7]
 Targets (issue 14): KAN-GRU step <= 3x nn.GRUCell; KAN feed-forward block <= 3x the MLP block.
 
-Measured on the 2-core course machine (3 runs, 1 thread): KAN-GRU step 2.25-2.34x at lesson 09's size,
-1.80-1.85x at 2 -> 8 and 1.04-1.07x at 16 -> 32; KAN feed-forward 2.30-2.43x at d = 32, 1.62-1.64x at
-d = 64, 1.30-1.33x at d = 128. With ``KANEDU_NATIVE=0`` (the torch kernel) the small cases miss the
-targets (4.2-4.8x for the steps, 4.0x for the block at d = 32): there the dense formulation's
-per-call work and temporaries dominate.
+Measured on the 2-core course machine (1 thread, quiet, 2026-12-01, after the kernel redesign and its speed-up):
+KAN-GRU step 2.92x [2.29-3.73 over rounds] at lesson 09's size (3.69x before backward reused forward's knot
+constants), 2.74x at 2 -> 8, 1.58x at 16 -> 32; KAN feed-forward 3.28x [3.11-4.11] at d = 32 (MISSES the 3x
+target), 2.12x at d = 64, 1.59x at d = 128. Before the redesign the same script read 2.25-2.34x and 2.30-2.43x
+at the lesson sizes: small layers pay a fixed cost per call (autograd nodes of the weight combination, the
+knot constants, numba's argument checks) that the old generated code did not. At d = 32 the sparse route is
+slower still (4.1x against the dense route's 3.2x, same run). With ``KANEDU_NATIVE=0`` (the torch kernel)
+the small cases missed the targets before too (4.2-4.8x for the steps, 4.0x for the block at d = 32).
 """
 
 from __future__ import annotations
