@@ -94,7 +94,7 @@ def _compiling() -> bool:
 @_inline
 def _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1):
     # rows r0 .. r1 of x: samples (x [N, in]), or features if fm (x then x^T [in, N]); the outputs have x's shape
-    R, C = x.shape
+    C = x.shape[1]
     m = knots.shape[1]
     real = x.dtype.type  # every constant in x's dtype: float32 data never computes in float64
     lowest, highest = real(-1.0), real(m - 1.0)
@@ -366,6 +366,7 @@ def _sparse_backward_parallel(bx, dbx, has_base, k, first, V, D, W, g, need_x, n
 # ---- calling them -----------------------------------------------------------------------------------------
 
 _MAIN = (os.getpid(), threading.main_thread())
+_NUMBA_THREADS = numba.config.NUMBA_NUM_THREADS if ENABLED else 1
 
 
 def _parts(total: int, work: int) -> int:
@@ -380,8 +381,6 @@ def _parts(total: int, work: int) -> int:
         return 1
     return max(1, min(torch.get_num_threads(), _NUMBA_THREADS, total, work // PARALLEL_MIN_WORK))
 
-
-_NUMBA_THREADS = numba.config.NUMBA_NUM_THREADS if ENABLED else 1
 
 
 def _run_split(fn, parallel, total: int, work: int, args: tuple):
