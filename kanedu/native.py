@@ -449,35 +449,50 @@ def features(x: np.ndarray, bx: np.ndarray | None, kc: tuple, n_slots: int) -> n
     return _features(bx, kc[0], first, V, n_slots)
 
 
+NARROW_PRODUCT = 16
+
+
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # torch's BLAS, not NumPy's: on the machines we measured NumPy's bundled OpenBLAS was up to 25x slower
-    # for these float32 shapes (and it keeps threads of its own)
-    return (torch.from_numpy(a) @ torch.from_numpy(b)).numpy()
+    """``a @ b`` (contiguous result) with torch's BLAS, not NumPy's: on the machines we measured NumPy's
+    bundled OpenBLAS was up to 25x slower for these float32 shapes (and it keeps threads of its own).
+
+    A product only 2-15 columns wide is computed as ``(b.T @ a.T).T``: MKL's kernels for a narrow result ran
+    at a fifth to a half of their speed (1 thread, ``[1024, 288] @ [288, n]``: 0.28-0.48 ms for n = 2-13
+    against 0.05-0.16 ms transposed; never slower transposed for those widths, see benchmarks/bench_sequence.py).
+    """
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    if 1 < b.shape[1] < NARROW_PRODUCT and a.shape[0] >= NARROW_PRODUCT:
+        return (tb.T @ ta.T).T.contiguous().numpy()
+    return (ta @ tb).numpy()
 
 
-def forward(x: np.ndarray, bx: np.ndarray | None, kc: tuple, W: np.ndarray, located=None) -> np.ndarray:
+def forward(x: np.ndarray, bx: np.ndarray | None, kc: tuple, W: np.ndarray, located=None,
+            return_phi: bool = False):
     """``y [N, out] = Phi(x) @ W`` for ``x [N, in]`` and ``W [in, n + 1, out]`` (contiguous NumPy arrays);
     ``located``: :func:`locate`'s result for ``x``, if already at hand (feature-major unless
-    :func:`dense_route`)."""
+    :func:`dense_route`). ``return_phi``: ``(y, Phi [N, in * (n + 1)] or None)``, ``Phi`` where the dense
+    route wrote it (:func:`backward` takes it instead of writing it again)."""
     N, n_in = x.shape
     n_slots, n_out = W.shape[1], W.shape[2]
     k = kc[0]
     dense = dense_route(N, n_in, n_slots)
     first, V, _ = located if located is not None else locate(x, kc, False, feature_major=not dense)
     if dense:
-        return _mm(_features(bx, k, first, V, n_slots), W.reshape(n_in * n_slots, n_out))
+        phi = _features(bx, k, first, V, n_slots)
+        y = _mm(phi, W.reshape(n_in * n_slots, n_out))
+        return (y, phi) if return_phi else y
     y = np.empty((N, n_out), dtype=x.dtype)
     has_base, bxa = (False, x) if bx is None else (True, bx)
     _run_split(_sparse_forward, _sparse_forward_parallel, N, N * n_in * n_out,
                (bxa, has_base, k, first, V, W, y, True))
-    return y
+    return (y, None) if return_phi else y
 
 
 def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, need_x: bool, need_w: bool,
-             located=None):
+             located=None, phi=None):
     """``(dL/dx [N, in] or None, dL/dW [in, n + 1, out] or None)`` for the upstream gradient ``g [N, out]``;
     ``located``: :func:`locate`'s result for ``x`` (with the derivatives if ``need_x``; feature-major unless
-    :func:`dense_route`), if at hand."""
+    :func:`dense_route`), if at hand; ``phi``: the dense route's ``Phi(x)`` from :func:`forward`, if kept."""
     N, n_in = x.shape
     n_slots, n_out = W.shape[1], W.shape[2]
     k = kc[0]
@@ -487,13 +502,17 @@ def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, ne
     gx = np.empty_like(x) if need_x else None
     gW = None
     if dense_route(N, n_in, n_slots):
+        kept = phi is not None
+        if kept and not need_x:
+            return None, (_mm(phi.T, g).reshape(n_in, n_slots, n_out) if need_w else None)
         first, V, D = located if located is not None else locate(x, kc, need_x)
         gphi = _mm(g, W.reshape(n_in * n_slots, n_out).T) if need_x else np.empty((0, 1), dtype=x.dtype)
-        phi = np.empty((N if need_w else 0, n_in * n_slots), dtype=x.dtype)
+        write = np.empty((N if (need_w and not kept) else 0, n_in * n_slots), dtype=x.dtype)
         gxa = gx if need_x else np.empty((1, 1), dtype=x.dtype)
         _run_split(_phi_gather, _phi_gather_parallel, N, N * n_in * n_slots,  # dL/dx and Phi in one pass
-                   (dbxa, has_base, k, first, D if need_x else V, gphi, gxa, phi, bxa, V))
+                   (dbxa, has_base, k, first, D if need_x else V, gphi, gxa, write, bxa, V))
         del gphi
+        phi = phi if kept else write
         if need_w:
             gW = _mm(phi.T, g).reshape(n_in, n_slots, n_out)
         return gx, gW
@@ -514,21 +533,26 @@ KEEP_LOCATED_PAIRS = 1 << 16
 
 class NativeKANFunction(torch.autograd.Function):
     """``y = Phi(x) @ W`` on the CPU for ``x [N, in]`` and the combined weight ``W [in, n + 1, out]``.
-    Saves ``x`` and ``W`` (and, for small batches, the located bases); ``Phi`` is rebuilt in backward."""
+    Saves ``x`` and ``W``, and for small batches the located bases, ``b(x)`` and ``b'(x)`` and (dense route)
+    ``Phi``; for large ones backward computes them again (``Phi`` in the pass that gathers ``dL/dx``)."""
 
     @staticmethod
     def forward(ctx, x, weight, grid, table, k, base, uniform):
         x, w = x.detach().contiguous(), weight.detach().contiguous()
         ctx.save_for_backward(x, w, grid)
         ctx.table, ctx.k, ctx.base, ctx.uniform = table, k, base, uniform
-        b, _ = base_with_derivative(base, x)
+        need_x = ctx.needs_input_grad[0]
+        b, db = base_with_derivative(base, x)
         kc = knot_constants(grid.detach().numpy(), table, k, uniform)
         ctx.kc = kc  # NumPy views of the grid and its table, reused by backward
         xn = x.numpy()
         keep = xn.size <= KEEP_LOCATED_PAIRS
-        located = locate(xn, kc, keep and ctx.needs_input_grad[0], feature_major=not dense_route(*xn.shape, w.shape[1]))
-        ctx.located = located if keep else None
-        y = forward(xn, None if b is None else b.numpy(), kc, w.numpy(), located)
+        located = locate(xn, kc, keep and need_x, feature_major=not dense_route(*xn.shape, w.shape[1]))
+        bx = None if b is None else b.numpy()
+        y, phi = forward(xn, bx, kc, w.numpy(), located, return_phi=True)
+        # small calls keep what backward needs: the located bases, Phi and b(x), b'(x)
+        ctx.located, ctx.phi = (located, phi) if keep else (None, None)
+        ctx.bases = (bx, None if (b is None or not need_x) else db().numpy()) if keep else None
         return torch.from_numpy(y)
 
     @staticmethod
@@ -536,16 +560,19 @@ class NativeKANFunction(torch.autograd.Function):
     def backward(ctx, g):
         x, w, grid = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        located, ctx.located = ctx.located, None
+        located, phi, bases = ctx.located, ctx.phi, ctx.bases
+        ctx.located = ctx.phi = ctx.bases = None
         if not (need_x or need_w):
             return (None,) * 7
         if located is not None and need_x and located[2] is None:
-            located = None
-        b, db = base_with_derivative(ctx.base, x)
-        bx = None if b is None else b.numpy()
-        dbx = db().numpy() if (b is not None and need_x) else None
+            located = bases = None  # (forward ran without the input's gradient: no derivatives kept)
+        if bases is None:
+            b, db = base_with_derivative(ctx.base, x)
+            bases = (None if b is None else b.numpy(), db().numpy() if (b is not None and need_x) else None)
+        bx, dbx = bases
         kc = ctx.kc
-        gx, gw = backward(x.numpy(), bx, dbx, kc, w.numpy(), g.contiguous().numpy(), need_x, need_w, located)
+        gx, gw = backward(x.numpy(), bx, dbx, kc, w.numpy(), g.contiguous().numpy(), need_x, need_w, located,
+                          phi)
         return (None if gx is None else torch.from_numpy(gx), None if gw is None else torch.from_numpy(gw),
                 None, None, None, None, None)
 

@@ -126,10 +126,12 @@ def test_split_over_threads_gives_the_same_result(G, route, monkeypatch):
     if native._NUMBA_THREADS > 1:
         assert max(parts) > 1 and min(parts) == 1  # split on the main thread, not in the other one
     # every row (forward) and feature (backward) is computed by the same loop whatever the split; numba's
-    # inlining of that loop into its parallel wrapper can still round the last bit differently
+    # inlining of that loop into its parallel wrapper can still round the last bit differently, and on the
+    # dense route the BLAS products run on 3 threads too (MKL orders a float32 sum of 500 rows by the thread
+    # count: up to ~7e-6 apart, measured)
     for a, b, c in zip(serial, split, in_thread[0]):
-        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(c, a, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(b, a, rtol=3e-5, atol=3e-5)
+        torch.testing.assert_close(c, a, rtol=3e-5, atol=3e-5)
 
 
 def test_layer_gradients_through_the_combined_weight(route):
