@@ -171,7 +171,7 @@ class FusedKAN:
         return out
 
     def _combined(self, weights):
-        return [np.ascontiguousarray(combine_weights(c, sb, ss, L.mask))
+        return [combine_weights(c, sb, ss, L.mask)
                 for L, (c, sb, ss) in zip(self.layers, weights)]
 
     # ---- evaluation -------------------------------------------------------------------------------------

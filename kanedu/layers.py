@@ -26,10 +26,10 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
+from . import native
 from ._checks import integer
 from .activations import BASE_ACTIVATIONS, activation_name
 from .activations import base as base_activation
@@ -48,27 +48,9 @@ from .splines import (
     is_uniform,
     uniform_grid,
 )
+from .weights import combine_weights, combine_weights_grad
 
 __all__ = ["KANLayer", "BASE_ACTIVATIONS", "combine_weights", "combine_weights_grad"]
-
-
-def combine_weights(coef, scale_base, scale_spline, mask):
-    """The combined weight ``W [in, n + 1, out]`` of the edges: ``W[i, 0, j] = mask * w_b`` (the base
-    activation's slot), ``W[i, 1 + m, j] = mask * w_s * c[i, j, m]``.
-
-    ``coef [in, out, n]``, the others ``[in, out]``; torch tensors (differentiable) or NumPy arrays.
-    """
-    cat = np.concatenate if isinstance(coef, np.ndarray) else torch.cat
-    spline = (mask * scale_spline)[..., None] * coef  # [in, out, n]
-    return cat([(mask * scale_base)[:, None, :], spline.swapaxes(1, 2)], 1)
-
-
-def combine_weights_grad(grad_w, coef, scale_spline, mask):
-    """The chain rule through :func:`combine_weights`: ``dL/dW [in, n + 1, out]`` ->
-    ``(dL/dcoef [in, out, n], dL/dw_b [in, out], dL/dw_s [in, out])`` (for the fused engine, which has no
-    autograd; tests hold it to autograd)."""
-    g_spline = grad_w[:, 1:].swapaxes(1, 2)  # dL/d(mask * w_s * c), [in, out, n]
-    return (mask * scale_spline)[..., None] * g_spline, mask * grad_w[:, 0], mask * (g_spline * coef).sum(-1)
 
 
 class KANLayer(nn.Module):
@@ -124,6 +106,7 @@ class KANLayer(nn.Module):
         self.register_buffer("grid", grid.expand(in_features, -1).contiguous())
         for name in IntervalTable._fields:  # the grid's interval table (set_grid keeps it in step)
             self.register_buffer("_table_" + name, None, persistent=False)
+        self._kc = None  # the compiled loops' view of grid and table (_knot_constants)
         self._uniform = True
         self.register_buffer("mask", torch.ones(in_features, out_features, **fk))
         self.coef = nn.Parameter(torch.empty(in_features, out_features, n, **fk))
@@ -179,7 +162,7 @@ class KANLayer(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
         if self.grid.device.type == "meta":  # no values to rebuild from: the table moved with the grid
-            self._grid_version = self.grid._version
+            self._grid_state = self._grid_now()
         else:
             self.set_grid(self.grid)  # a table cast from float32 would lose precision; .double() can change is_uniform
         return out
@@ -205,7 +188,19 @@ class KANLayer(nn.Module):
             setattr(self, "_table_" + name, t)
         if self.grid.device.type != "meta":  # a meta tensor has no values to test (it keeps the last answer)
             self._uniform = is_uniform(self.grid)
-        self._grid_version = self.grid._version
+        self._grid_state = self._grid_now()
+
+    def _grid_now(self) -> tuple:
+        """What tells that the grid changed since ``set_grid``: its version (in-place writes) and its memory
+        (a deep copy or an unpickled layer holds a new tensor whose version can equal the old one's)."""
+        return self.grid._version, self.grid.data_ptr()
+
+    def _knot_constants(self) -> tuple:
+        """``native.knot_constants`` of the grid (NumPy views of it and its table), kept until they change."""
+        key = (self._grid_state, self._table_coef.data_ptr(), self._uniform)
+        if self._kc is None or self._kc[0] != key:
+            self._kc = (key, native.knot_constants(self.grid.numpy(), self.table, self.spline_order, self._uniform))
+        return self._kc[1]
 
     @property
     def table(self) -> IntervalTable:
@@ -246,15 +241,19 @@ class KANLayer(nn.Module):
         Computed as ``Phi(x) @ W`` (``kernels.kan_linear``): the same sum, without a tensor per edge.
         """
         x = self._check_input(x)
-        if not torch.compiler.is_compiling() and self.grid._version != self._grid_version:
+        if not torch.compiler.is_compiling() and self._grid_now() != self._grid_state:
             self.set_grid(self.grid)  # the grid was written in place (layer.grid.copy_): its table follows
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        y = kan_linear(x2, self.combined_weight(), self.grid, self.table, self.spline_order,
-                       self.base_activation, self._uniform)  # [N, out] = sum_i phi_ij(x_i)
+        flat = x.dim() == 2  # [N, in]: no reshapes (each would add an autograd node)
+        x2 = x if flat else x.reshape(-1, self.in_features)
+        if native.supports(x2, self.coef, self.spline_order):  # the compiled CPU loops, weights combined there
+            y = native.kan_layer(x2, self.coef, self.scale_base, self.scale_spline, self.mask,
+                                 self._knot_constants(), self.base_activation)
+        else:
+            y = kan_linear(x2, self.combined_weight(), self.grid, self.table, self.spline_order,
+                           self.base_activation, self._uniform)  # [N, out] = sum_i phi_ij(x_i)
         if self.symbolic is not None:
             y = y + self.symbolic(x2).to(y.dtype)
-        return y.reshape(*lead, self.out_features)
+        return y if flat else y.reshape(*x.shape[:-1], self.out_features)
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
         """``b(x)``, the base activation (zeros for ``"zero"``), elementwise."""

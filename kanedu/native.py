@@ -39,8 +39,10 @@ from torch.autograd.function import once_differentiable
 
 from .activations import base_with_derivative
 from .splines import IntervalTable, uniform_polynomials
+from .weights import combine_weights, combine_weights_grad
 
-__all__ = ["ENABLED", "supports", "kan_linear", "NativeKANFunction", "dense_route", "features", "forward",
+__all__ = ["ENABLED", "supports", "kan_linear", "kan_layer", "knot_constants", "NativeKANFunction",
+           "NativeKANLayerFunction", "dense_route", "features", "forward",
            "backward"]
 
 # numba is a declared dependency; without it (an odd platform) everything runs on the torch kernel
@@ -406,19 +408,27 @@ def knot_constants(grid: np.ndarray, table: IntervalTable, k: int, uniform: bool
 
 # When the loops write Phi and BLAS multiplies (the dense route). Per sample and feature the sparse loops do
 # about 3 (k + 2) passes over ``out``, BLAS 3 P multiply-adds at several times the speed, plus a fixed cost
-# per call. Measured after the loops were last sped up (1 thread, fwd + bwd, sparse / dense time): 0.98 at
-# G = 5 and 64 -> 64 (batch 1024), 0.80 at G = 8, 0.78 at G = 11; 1.15 at G = 5 and 16 -> 16 (batch 4096),
-# 0.73 for 2 -> 5 (batch 1000). So the dense route runs for cubic G <= 7 and many (sample, feature) pairs.
+# per call for writing Phi. Measured with benchmarks/bench_route.py (fwd + bwd of a KANLayer, sparse / dense
+# time, 1 and 2 threads, after narrow products ran transposed and small calls kept Phi):
+# * below ~8k multiply-adds N * in * out the sparse loops win (0.74-0.95 at 4k and less), from 8k-16k the
+#   dense route does (1.0-1.2 there, 1.4-4.4 at 64k and more for out >= 30);
+# * by the number of slots (cubic G + 4): dense won broadly to G = 20 (1.1-2.0 at out >= 30), tied at
+#   G = 26-32 and lost at G = 50 (0.6-1.0);
+# * narrow outputs (out <= 8) on more than 2^16 pairs: the sparse loops won (0.66-0.97 at 2 threads).
 # Above DENSE_MAX_ELEMENTS entries of Phi (64 MB in float32) the sparse loops run whatever the sizes: they
 # need no temporary larger than the output.
-SPARSE_MIN_SLOTS = 12
-DENSE_MIN_PAIRS = 8192
+SPARSE_MIN_SLOTS = 25
+DENSE_MIN_WORK = 8192
 DENSE_MAX_ELEMENTS = 1 << 24
+NARROW_OUT, NARROW_MAX_PAIRS = 8, 1 << 16
 
 
-def dense_route(N: int, n_in: int, n_slots: int) -> bool:
-    """Whether a layer call of ``N`` samples, ``n_in`` features and ``n_slots = n + 1`` slots writes ``Phi``."""
-    return n_slots < SPARSE_MIN_SLOTS and DENSE_MIN_PAIRS <= N * n_in and N * n_in * n_slots <= DENSE_MAX_ELEMENTS
+def dense_route(N: int, n_in: int, n_slots: int, n_out: int) -> bool:
+    """Whether a layer call of ``N`` samples, ``n_in`` features, ``n_slots = n + 1`` slots and ``n_out`` outputs
+    writes ``Phi`` (and multiplies it with BLAS) instead of running the sparse loops."""
+    pairs = N * n_in
+    return (n_slots < SPARSE_MIN_SLOTS and DENSE_MIN_WORK <= pairs * n_out and pairs * n_slots <= DENSE_MAX_ELEMENTS
+            and (n_out > NARROW_OUT or pairs <= NARROW_MAX_PAIRS))
 
 
 def locate(x: np.ndarray, kc: tuple, derivative: bool, feature_major: bool = False):
@@ -475,7 +485,7 @@ def forward(x: np.ndarray, bx: np.ndarray | None, kc: tuple, W: np.ndarray, loca
     N, n_in = x.shape
     n_slots, n_out = W.shape[1], W.shape[2]
     k = kc[0]
-    dense = dense_route(N, n_in, n_slots)
+    dense = dense_route(N, n_in, n_slots, n_out)
     first, V, _ = located if located is not None else locate(x, kc, False, feature_major=not dense)
     if dense:
         phi = _features(bx, k, first, V, n_slots)
@@ -496,16 +506,17 @@ def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, ne
     N, n_in = x.shape
     n_slots, n_out = W.shape[1], W.shape[2]
     k = kc[0]
-    has_base = bx is not None
-    bxa = bx if has_base else x
-    dbxa = dbx if (has_base and dbx is not None) else x
+    has_base = bx is not None or dbx is not None  # (what forward kept may hold only the one backward needs)
+    bxa = bx if bx is not None else x  # (placeholders where a loop is given an array it will not read)
+    dbxa = dbx if dbx is not None else x
     gx = np.empty_like(x) if need_x else None
     gW = None
-    if dense_route(N, n_in, n_slots):
+    if dense_route(N, n_in, n_slots, n_out):
         kept = phi is not None
         if kept and not need_x:
             return None, (_mm(phi.T, g).reshape(n_in, n_slots, n_out) if need_w else None)
         first, V, D = located if located is not None else locate(x, kc, need_x)
+        V = D if V is None else V
         gphi = _mm(g, W.reshape(n_in * n_slots, n_out).T) if need_x else np.empty((0, 1), dtype=x.dtype)
         write = np.empty((N if (need_w and not kept) else 0, n_in * n_slots), dtype=x.dtype)
         gxa = gx if need_x else np.empty((1, 1), dtype=x.dtype)
@@ -518,6 +529,7 @@ def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, ne
         return gx, gW
     # feature-major, so that the loop over the samples of one feature reads them in order
     first, V, D = located if located is not None else locate(x, kc, need_x, feature_major=True)
+    V = D if V is None else V
     Da = D if need_x else V
     gW = np.empty_like(W) if need_w else np.empty((1, 1, 1), dtype=x.dtype)
     gxa = gx if need_x else np.empty((1, 1), dtype=x.dtype)
@@ -526,58 +538,145 @@ def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, ne
     return gx, (gW if need_w else None)
 
 
-# Forward keeps the located bases (and their derivatives) for backward up to this many (sample, feature)
-# pairs: for small batches the second pass costs more in call overhead than the few hundred KB it saves.
-KEEP_LOCATED_PAIRS = 1 << 16
+# Forward keeps what backward needs (the located bases and their derivatives, b(x) and b'(x), and on the dense
+# route Phi) when that takes at most KEEP_BYTES, else backward computes it again from x. For small calls the
+# second pass is mostly fixed cost (a KAN-GRU step, a feed-forward block of lesson 10: 2 MiB or less);
+# for large ones memory matters more than the pass (a 1024 x 64 batch at G = 5 would keep 4 MiB, against
+# the 2.3 MiB that nn.Linear on the expanded features saves). Whatever is kept is saved with
+# ctx.save_for_backward, so autograd's saved-tensor hooks (kanedu.benchmark.saved_bytes) count it.
+KEEP_BYTES = 3 << 20
+
+
+def _keep(xn: np.ndarray, w: np.ndarray, k: int, has_base: bool, need_x: bool, need_w: bool) -> tuple[bool, bool]:
+    """``(dense, keep)``: the route of a call, and whether what its backward needs is kept from forward."""
+    (N, n_in), (n_slots, n_out) = xn.shape, w.shape[1:]
+    dense = dense_route(N, n_in, n_slots, n_out)
+    item, K = xn.itemsize, k + 1
+    if dense:  # backward: Phi for dL/dW; first, D and b'(x) for dL/dx
+        per_pair = (n_slots * item if need_w else 0) + ((8 + (K + has_base) * item) if need_x else 0)
+    else:  # backward: first; V and b(x) for dL/dW, D and b'(x) for dL/dx
+        per_pair = 8 + ((K + has_base) * item) * (need_w + need_x)
+    return dense, N * n_in * per_pair <= KEEP_BYTES
+
+
+def _forward_saving(ctx, x: torch.Tensor, w: np.ndarray, kc: tuple, base: str, need_w: bool):
+    """``(Phi(x) @ w, kept)`` for the Functions below: ``kept`` the NumPy arrays backward needs, by name, if
+    small enough to keep (:data:`KEEP_BYTES`; None otherwise). Sets ``ctx.kc``, ``ctx.base``."""
+    need_x = ctx.needs_input_grad[0]
+    b, db = base_with_derivative(base, x)
+    xn = x.numpy()
+    dense, keep = _keep(xn, w, kc[0], b is not None, need_x, need_w)
+    located = locate(xn, kc, keep and need_x, feature_major=not dense)
+    bx = None if b is None else b.numpy()
+    y, phi = forward(xn, bx, kc, w, located, return_phi=True)
+    ctx.kc, ctx.base = kc, base
+    kept = None
+    if keep:
+        kept = {"first": located[0]}
+        if need_w:
+            kept.update({"phi": phi} if dense else {"V": located[1], "bx": bx})
+        if need_x:
+            kept.update(D=located[2], dbx=None if b is None else db().numpy())
+        kept = {name: a for name, a in kept.items() if a is not None}
+    return torch.from_numpy(y), kept
+
+
+def _save(ctx, tensors: tuple, kept: dict | None) -> None:
+    """``ctx.save_for_backward(*tensors, *kept arrays)``; :func:`_saved` undoes it."""
+    ctx.kept_names = None if kept is None else tuple(kept)
+    ctx.save_for_backward(*tensors, *(() if kept is None else (torch.from_numpy(a) for a in kept.values())))
+
+
+def _saved(ctx, n: int) -> tuple[tuple, dict | None]:
+    """``(the first n saved tensors, the kept arrays by name or None)``."""
+    saved = ctx.saved_tensors
+    kept = None if ctx.kept_names is None else dict(zip(ctx.kept_names, (t.numpy() for t in saved[n:])))
+    return saved[:n], kept
+
+
+def _backward_saved(ctx, x: torch.Tensor, w: np.ndarray, g: torch.Tensor, need_x: bool, need_w: bool,
+                    kept: dict | None):
+    """``(dL/dx [N, in] or None, dL/dW [in, n + 1, out] or None)`` from what :func:`_forward_saving` kept."""
+    g = g.contiguous().numpy()
+    if kept is None:
+        b, db = base_with_derivative(ctx.base, x)
+        bx, dbx = (None, None) if b is None else (b.numpy(), db().numpy() if need_x else None)
+        return backward(x.numpy(), bx, dbx, ctx.kc, w, g, need_x, need_w)
+    located = (kept["first"], kept.get("V"), kept.get("D"))
+    return backward(x.numpy(), kept.get("bx"), kept.get("dbx"), ctx.kc, w, g, need_x, need_w, located,
+                    kept.get("phi"))
 
 
 class NativeKANFunction(torch.autograd.Function):
     """``y = Phi(x) @ W`` on the CPU for ``x [N, in]`` and the combined weight ``W [in, n + 1, out]``.
-    Saves ``x`` and ``W``, and for small batches the located bases, ``b(x)`` and ``b'(x)`` and (dense route)
-    ``Phi``; for large ones backward computes them again (``Phi`` in the pass that gathers ``dL/dx``)."""
+    Saves ``x`` and ``W``, and what backward needs if small enough (:data:`KEEP_BYTES`: the located bases,
+    ``b(x)``, ``b'(x)``, on the dense route ``Phi``); otherwise backward computes them again from ``x``."""
 
     @staticmethod
     def forward(ctx, x, weight, grid, table, k, base, uniform):
         x, w = x.detach().contiguous(), weight.detach().contiguous()
-        ctx.save_for_backward(x, w, grid)
-        ctx.table, ctx.k, ctx.base, ctx.uniform = table, k, base, uniform
-        need_x = ctx.needs_input_grad[0]
-        b, db = base_with_derivative(base, x)
+        # NumPy views of the grid and its table, reused by backward
         kc = knot_constants(grid.detach().numpy(), table, k, uniform)
-        ctx.kc = kc  # NumPy views of the grid and its table, reused by backward
-        xn = x.numpy()
-        keep = xn.size <= KEEP_LOCATED_PAIRS
-        located = locate(xn, kc, keep and need_x, feature_major=not dense_route(*xn.shape, w.shape[1]))
-        bx = None if b is None else b.numpy()
-        y, phi = forward(xn, bx, kc, w.numpy(), located, return_phi=True)
-        # small calls keep what backward needs: the located bases, Phi and b(x), b'(x)
-        ctx.located, ctx.phi = (located, phi) if keep else (None, None)
-        ctx.bases = (bx, None if (b is None or not need_x) else db().numpy()) if keep else None
-        return torch.from_numpy(y)
+        y, kept = _forward_saving(ctx, x, w.numpy(), kc, base, ctx.needs_input_grad[1])
+        _save(ctx, (x, w, grid), kept)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        x, w, grid = ctx.saved_tensors
+        (x, w, _), kept = _saved(ctx, 3)
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        located, phi, bases = ctx.located, ctx.phi, ctx.bases
-        ctx.located = ctx.phi = ctx.bases = None
         if not (need_x or need_w):
             return (None,) * 7
-        if located is not None and need_x and located[2] is None:
-            located = bases = None  # (forward ran without the input's gradient: no derivatives kept)
-        if bases is None:
-            b, db = base_with_derivative(ctx.base, x)
-            bases = (None if b is None else b.numpy(), db().numpy() if (b is not None and need_x) else None)
-        bx, dbx = bases
-        kc = ctx.kc
-        gx, gw = backward(x.numpy(), bx, dbx, kc, w.numpy(), g.contiguous().numpy(), need_x, need_w, located,
-                          phi)
+        gx, gw = _backward_saved(ctx, x, w.numpy(), g, need_x, need_w, kept)
         return (None if gx is None else torch.from_numpy(gx), None if gw is None else torch.from_numpy(gw),
                 None, None, None, None, None)
+
+
+class NativeKANLayerFunction(torch.autograd.Function):
+    """A whole ``KANLayer`` forward on the CPU, ``x [N, in]`` -> ``Phi(x) @ W``, with the combined weight
+    ``W = weights.combine_weights(coef, scale_base, scale_spline, mask)`` formed in NumPy and its chain rule
+    (``weights.combine_weights_grad``) applied in backward: one autograd node per layer call instead of the
+    half dozen of combining the weights in torch (for small layers, such as a recurrent cell's, those
+    nodes cost as much as the loops). ``kc``: :func:`knot_constants` of the layer's grid, which the layer
+    keeps until its grid changes. Saves what :class:`NativeKANFunction` saves."""
+
+    @staticmethod
+    def forward(ctx, x, coef, scale_base, scale_spline, mask, kc, base):
+        x = x.detach().contiguous()
+        w = combine_weights(coef.detach().numpy(), scale_base.detach().numpy(), scale_spline.detach().numpy(),
+                            mask.detach().numpy())
+        y, kept = _forward_saving(ctx, x, w, kc, base, any(ctx.needs_input_grad[1:4]))
+        _save(ctx, (x, torch.from_numpy(w), coef, scale_spline, mask), kept)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (x, w, coef, scale_spline, mask), kept = _saved(ctx, 5)
+        need = ctx.needs_input_grad
+        need_x, need_w = need[0], any(need[1:4])
+        if not (need_x or need_w):
+            return (None,) * 7
+        gx, gw = _backward_saved(ctx, x, w.numpy(), g, need_x, need_w, kept)
+        grads = [None] * 3
+        if gw is not None:
+            grads = combine_weights_grad(gw, coef.detach().numpy(), scale_spline.detach().numpy(),
+                                         mask.detach().numpy())
+        gc, gb, gs = (torch.from_numpy(np.ascontiguousarray(a)) if (a is not None and n) else None
+                      for a, n in zip(grads, need[1:4]))
+        return (None if gx is None else torch.from_numpy(gx), gc, gb, gs, None, None, None)
 
 
 def kan_linear(x: torch.Tensor, weight: torch.Tensor, grid: torch.Tensor, table: IntervalTable, k: int,
                base: str, uniform: bool) -> torch.Tensor:
     """``kernels.kan_linear`` on the CPU (check :func:`supports` first)."""
     return NativeKANFunction.apply(x, weight, grid, table, k, base, uniform)
+
+
+def kan_layer(x: torch.Tensor, coef: torch.Tensor, scale_base: torch.Tensor, scale_spline: torch.Tensor,
+              mask: torch.Tensor, kc: tuple, base: str) -> torch.Tensor:
+    """``y [N, out]`` of a KAN layer for ``x [N, in]`` from its own tensors (``coef [in, out, n]``, the
+    scales and mask ``[in, out]``) and ``kc = knot_constants(grid, table, k, uniform)``; differentiable in
+    ``x``, ``coef`` and the scales (:class:`NativeKANLayerFunction`; check :func:`supports` first)."""
+    return NativeKANLayerFunction.apply(x, coef, scale_base, scale_spline, mask, kc, base)

@@ -36,7 +36,7 @@ def test_saved_bytes_of_a_linear_layer_is_its_input():
     assert saved_bytes(lambda: lin(x), lin.parameters()) == 32 * 8 * 4
 
 
-def test_the_kan_kernels_keep_less_than_a_materialised_basis_per_sample():
+def test_saved_activations_per_sample_of_both_kernels(monkeypatch):
     layer = KANLayer(6, 4, grid_size=5)
 
     def per_sample():
@@ -47,7 +47,13 @@ def test_the_kan_kernels_keep_less_than_a_materialised_basis_per_sample():
     with torch_kernel():
         assert per_sample() <= 3 * 6 * 8  # x, interval and local coordinate, <= 8 bytes each
     if native.ENABLED:
-        assert per_sample() == 6 * 4  # only x (float32)
+        # a small call keeps what its backward needs, and saved_bytes counts it: per (sample, feature) x
+        # (float32), the interval index (int64) and, on the sparse route this small layer takes, the 4
+        # bases and b(x) for dL/dW and their derivatives for dL/dx
+        assert not native.dense_route(128, 6, 9, 4)
+        assert per_sample() == 6 * (4 + 8 + 2 * 5 * 4)
+        monkeypatch.setattr(native, "KEEP_BYTES", 0)  # a call that would keep more keeps only x
+        assert per_sample() == 6 * 4
 
 
 def test_time_breakdown_splits_forward_and_backward_into_matmul_and_other():

@@ -32,7 +32,7 @@ def route(request, monkeypatch):
     """Force one of the two routes (BLAS on Phi / sparse loops) whatever the sizes."""
     if request.param == "dense":
         monkeypatch.setattr(native, "SPARSE_MIN_SLOTS", 10**6)
-        monkeypatch.setattr(native, "DENSE_MIN_PAIRS", 0)
+        monkeypatch.setattr(native, "DENSE_MIN_WORK", 0)
     else:
         monkeypatch.setattr(native, "SPARSE_MIN_SLOTS", 0)
     return request.param
@@ -135,23 +135,26 @@ def test_split_over_threads_gives_the_same_result(G, route, monkeypatch):
 
 
 def test_layer_gradients_through_the_combined_weight(route):
-    # KANLayer.forward on the loops: the gradients of the coefficients and scales (through
-    # combine_weights' autograd) equal the torch kernel's, with frozen scales and masked edges too
-    for learn_scales in (True, False):
+    # KANLayer.forward on the loops (one NativeKANLayerFunction node: the weights combined in NumPy, their
+    # chain rule combine_weights_grad in backward): the gradients of the input, coefficients and scales
+    # equal the torch kernel's through combine_weights' autograd, with frozen scales, masked edges and an
+    # input that needs no gradient too
+    for learn_scales, x_grad in ((True, True), (False, True), (True, False)):
         layer = KANLayer(4, 3, grid_size=6, learn_scales=learn_scales).double()
         with torch.no_grad():
             layer.coef.normal_()
             layer.scale_base.uniform_(-1, 1)
             layer.scale_spline.uniform_(0.5, 2)
             layer.mask[1, 2] = 0.0
-        x = (torch.rand(40, 4, dtype=torch.float64) * 2.4 - 1.2).requires_grad_()
+        x = (torch.rand(40, 4, dtype=torch.float64) * 2.4 - 1.2).requires_grad_(x_grad)
         g = torch.randn(40, 3, dtype=torch.float64)
         params = [p for p in (layer.coef, layer.scale_base, layer.scale_spline) if p.requires_grad]
+        wrt = [x, *params] if x_grad else params
         y = layer(x)
-        assert type(y.grad_fn.next_functions[0][0]).__name__.startswith("NativeKANFunction")  # [N, out] view
-        grads = torch.autograd.grad(y, [x, *params], g)
+        assert type(y.grad_fn).__name__.startswith("NativeKANLayerFunction")
+        grads = torch.autograd.grad(y, wrt, g)
         y2 = torch_fn(x, layer.combined_weight(), layer.grid, 3, "silu", layer._uniform)
-        grads2 = torch.autograd.grad(y2, [x, *params], g)
+        grads2 = torch.autograd.grad(y2, wrt, g)
         torch.testing.assert_close(y, y2, rtol=0, atol=1e-12)
         for a, b in zip(grads, grads2):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
@@ -229,10 +232,11 @@ def test_environment_variable_turns_it_off():
 
 
 def test_default_route_follows_the_sizes():
-    assert native.dense_route(1024, 64, 9)  # the benchmark's G = 5 layer
-    assert not native.dense_route(512, 32, 54)  # G = 50: many slots
-    assert not native.dense_route(1000, 2, 9)  # a lesson-sized layer: few (sample, feature) pairs
-    assert not native.dense_route(10**6, 64, 9)  # Phi would take 2.3 GB: the loops need no temporary
+    assert native.dense_route(1024, 64, 9, 64)  # the benchmark's G = 5 layer
+    assert native.dense_route(128, 10, 9, 30)  # a KAN-GRU's hidden gates (lesson 09)
+    assert not native.dense_route(512, 32, 54, 32)  # G = 50: many slots
+    assert not native.dense_route(1000, 5, 9, 1)  # a lesson's last layer, 5 -> 1: too little work
+    assert not native.dense_route(10**6, 64, 9, 64)  # Phi would take 2.3 GB: the loops need no temporary
 
 
 def test_kan_linear_uses_it_on_cpu_only_when_enabled(monkeypatch):
@@ -303,3 +307,47 @@ def test_a_forked_child_gets_its_own_threads(monkeypatch):
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
         torch.set_num_threads(old)
+
+
+def test_the_layers_knot_constants_follow_every_grid_change():
+    # KANLayer keeps its grid's knot constants for the loops: every way of changing the grid or its dtype
+    # must give a layer that still computes its own function
+    import copy
+
+    def check(layer, x):
+        y = layer(x)
+        assert type(y.grad_fn).__name__.startswith("NativeKANLayerFunction")
+        torch.testing.assert_close(y, layer.forward_reference(x), rtol=1e-5, atol=1e-5)
+
+    layer = KANLayer(3, 2, grid_size=5)
+    x = torch.rand(64, 3) * 2.4 - 1.2
+    check(layer, x)
+    with torch.no_grad():
+        layer.grid.mul_(1.5)  # in place: noticed through the grid's version
+    check(layer, x)
+    layer.update_grid(x * 0.8)  # adaptive knots (no longer uniform)
+    check(layer, x)
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        twin.grid.add_(0.25)
+    check(twin, x)
+    check(layer, x)  # the copy's change leaves the original alone
+    other = KANLayer(3, 2, grid_size=5)
+    other(x)  # constants of its own grid, then replaced by the state dict's
+    other.load_state_dict(layer.state_dict())
+    check(other, x)
+    check(layer.double(), x.double())
+
+
+def test_numpy_combined_weight_is_c_contiguous_and_equals_torchs():
+    # the loops index W [in, n + 1, out] in C order (NumPy's concatenate would keep the layout of the
+    # swapped spline axes, and numba would then run a strided version of every loop, 2x slower at G = 50)
+    from kanedu.weights import combine_weights
+
+    layer = KANLayer(5, 7, grid_size=9)
+    with torch.no_grad():
+        layer.mask[2, 3] = 0.0
+    parts = (layer.coef, layer.scale_base, layer.scale_spline, layer.mask)
+    w = combine_weights(*(t.detach().numpy() for t in parts))
+    assert w.flags.c_contiguous and w.shape == (5, 9 + 3 + 1, 7)
+    torch.testing.assert_close(torch.from_numpy(w), combine_weights(*parts).detach(), rtol=0, atol=0)
