@@ -11,7 +11,8 @@ others), ``s = (x - t_left) / width``, then the row's ``k + 1`` polynomials by H
 * few slots per feature and many (sample, feature) pairs (:func:`dense_route`): the loops write ``Phi``
   and BLAS multiplies, ``y = Phi @ W``; in backward ``dW = Phi^T g`` and ``dx`` gathered from ``g W^T`` at
   the ``k + 2`` used slots. A BLAS multiply-add is several times faster than any loop, so at small G that
-  wins although it multiplies zeros. ``Phi`` is freed at once and written again in backward.
+  wins although it multiplies zeros. Small calls keep ``Phi`` for backward (:data:`KEEP_BYTES`); large
+  ones free it at once and write it again in backward.
 * many slots: never form ``Phi``; forward adds ``b(x) W[f, 0] + sum_j B_j W[f, slot_j]`` to ``y[b]``,
   backward adds ``B_j g[b]`` to the same rows of ``dW`` and ``dx[b, f] = <g[b], b'(x) W[f, 0] +
   sum_j B'_j W[f, slot_j]>``, one feature at a time. The work is ``(k + 2) in out`` per sample for any G.
@@ -94,13 +95,21 @@ def _compiling() -> bool:
 
 
 @_inline
-def _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1):
-    # rows r0 .. r1 of x: samples (x [N, in]), or features if fm (x then x^T [in, N]); the outputs have x's shape
+def _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1,
+                 to_phi, bx, has_base, phi):
+    # rows r0 .. r1 of x: samples (x [N, in]), or features if fm (x then x^T [in, N]); the outputs have x's shape.
+    # to_phi (samples only): the bases go straight into the rows of phi [N, in * (n + 1)] (b(x) in slot 0,
+    # zeros where no basis is), not into V
     C = x.shape[1]
     m = knots.shape[1]
     real = x.dtype.type  # every constant in x's dtype: float32 data never computes in float64
     lowest, highest = real(-1.0), real(m - 1.0)
+    P = phi.shape[1] // C if to_phi else 1
+    n = P - 1
     for r in range(r0, r1):
+        if to_phi:
+            for c in range(phi.shape[1]):
+                phi[r, c] = real(0.0)
         for c in range(C):
             f = r if fm else c
             xv = x[r, c]
@@ -125,11 +134,18 @@ def _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, firs
                 q = row - 1 - k
                 scale = inv_w[f, row]
             first[r, c] = q
+            at = c * P + 1 + q  # (to_phi) where basis first + j goes: slot at + j of the row
+            inside = 0 <= q and q + k < n
+            if to_phi and has_base:
+                phi[r, c * P] = bx[r, c]
             for j in range(k + 1):
                 acc = real(poly[k][j] if uniform else tab[f, row, k, j])
                 for p in range(k):
                     acc = acc * s + real(poly[k - 1 - p][j] if uniform else tab[f, row, k - 1 - p, j])
-                V[j, r, c] = acc
+                if not to_phi:
+                    V[j, r, c] = acc
+                elif inside or 0 <= q + j < n:
+                    phi[r, at + j] = acc
                 if deriv:
                     d = real(k * (poly[k][j] if uniform else tab[f, row, k, j]))
                     for p in range(k - 1):
@@ -155,13 +171,17 @@ def _locate(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V,
     are left as computed instead of being zeroed here (the test per slot cost more than the polynomials).
     """
     if k == 3 and uniform and fm:
-        _locate_body(x, 3, True, t0, inv_h, _CUBIC, tab, t_left, inv_w, knots, first, V, D, deriv, True, r0, r1)
+        _locate_body(x, 3, True, t0, inv_h, _CUBIC, tab, t_left, inv_w, knots, first, V, D, deriv, True, r0, r1,
+                     False, x, False, x)
     elif k == 3 and uniform:
-        _locate_body(x, 3, True, t0, inv_h, _CUBIC, tab, t_left, inv_w, knots, first, V, D, deriv, False, r0, r1)
+        _locate_body(x, 3, True, t0, inv_h, _CUBIC, tab, t_left, inv_w, knots, first, V, D, deriv, False, r0, r1,
+                     False, x, False, x)
     elif k == 3:
-        _locate_body(x, 3, False, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1)
+        _locate_body(x, 3, False, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1,
+                     False, x, False, x)
     else:
-        _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1)
+        _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, r0, r1,
+                     False, x, False, x)
 
 
 @_njit_parallel
@@ -170,6 +190,32 @@ def _locate_parallel(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, 
     for p in _prange(parts):
         lo, hi = total * p // parts, total * (p + 1) // parts
         _locate(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, V, D, deriv, fm, lo, hi)
+
+
+@_njit
+def _locate_phi(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, D, deriv, bx, has_base, phi, r0, r1):
+    """Rows ``r0 .. r1`` of ``Phi(x) [N, in * (n + 1)]`` straight from ``x [N, in]`` (:func:`_locate` and
+    :func:`_phi_rows` in one pass, without ``V``), with ``first`` and, if ``deriv``, ``D`` as :func:`_locate`
+    writes them (sample-major)."""
+    if k == 3 and uniform:
+        _locate_body(x, 3, True, t0, inv_h, _CUBIC, tab, t_left, inv_w, knots, first, D, D, deriv, False, r0, r1,
+                     True, bx, has_base, phi)
+    elif k == 3:
+        _locate_body(x, 3, False, t0, inv_h, poly, tab, t_left, inv_w, knots, first, D, D, deriv, False, r0, r1,
+                     True, bx, has_base, phi)
+    else:
+        _locate_body(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, D, D, deriv, False, r0, r1,
+                     True, bx, has_base, phi)
+
+
+@_njit_parallel
+def _locate_phi_parallel(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, D, deriv, bx, has_base,
+                         phi, total, parts):
+    """:func:`_locate_phi` over rows ``0 .. total`` in ``parts`` pieces, one per thread of numba's."""
+    for p in _prange(parts):
+        lo, hi = total * p // parts, total * (p + 1) // parts
+        _locate_phi(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, D, deriv, bx, has_base, phi,
+                    lo, hi)
 
 
 # ---- the two routes ---------------------------------------------------------------------------------------
@@ -408,27 +454,22 @@ def knot_constants(grid: np.ndarray, table: IntervalTable, k: int, uniform: bool
 
 # When the loops write Phi and BLAS multiplies (the dense route). Per sample and feature the sparse loops do
 # about 3 (k + 2) passes over ``out``, BLAS 3 P multiply-adds at several times the speed, plus a fixed cost
-# per call for writing Phi. Measured with benchmarks/bench_route.py (fwd + bwd of a KANLayer, sparse / dense
-# time, 1 and 2 threads, after narrow products ran transposed and small calls kept Phi):
-# * below ~8k multiply-adds N * in * out the sparse loops win (0.74-0.95 at 4k and less), from 8k-16k the
-#   dense route does (1.0-1.2 there, 1.4-4.4 at 64k and more for out >= 30);
-# * by the number of slots (cubic G + 4): dense won broadly to G = 20 (1.1-2.0 at out >= 30), tied at
-#   G = 26-32 and lost at G = 50 (0.6-1.0);
-# * narrow outputs (out <= 8) on more than 2^16 pairs: the sparse loops won (0.66-0.97 at 2 threads).
-# Above DENSE_MAX_ELEMENTS entries of Phi (64 MB in float32) the sparse loops run whatever the sizes: they
-# need no temporary larger than the output.
-SPARSE_MIN_SLOTS = 25
-DENSE_MIN_WORK = 8192
+# per call for writing Phi. benchmarks/bench_route.py times both routes (fwd + bwd of a KANLayer) on 434
+# sizes (N 32-2048, in 1-64, out 1-64, G 5-50): the sparse loops won almost everywhere from G = 11 on, and
+# below ~8k (sample, feature) pairs; the dense route won at G = 5-8 with more pairs (up to 1.6x). This rule
+# has a regret (time over the faster route's, geometric mean over the sizes) of 1.010 at 1 thread and 1.022
+# at 2, against 1.020 and 1.037 for the sparse loops alone (measured 2026-12-02, after the narrow products
+# ran transposed). Above DENSE_MAX_ELEMENTS entries of Phi (64 MB in float32) the sparse loops run whatever
+# the sizes: they need no temporary larger than the output.
+SPARSE_MIN_SLOTS = 13
+DENSE_MIN_PAIRS = 8192
 DENSE_MAX_ELEMENTS = 1 << 24
-NARROW_OUT, NARROW_MAX_PAIRS = 8, 1 << 16
 
 
-def dense_route(N: int, n_in: int, n_slots: int, n_out: int) -> bool:
-    """Whether a layer call of ``N`` samples, ``n_in`` features, ``n_slots = n + 1`` slots and ``n_out`` outputs
-    writes ``Phi`` (and multiplies it with BLAS) instead of running the sparse loops."""
-    pairs = N * n_in
-    return (n_slots < SPARSE_MIN_SLOTS and DENSE_MIN_WORK <= pairs * n_out and pairs * n_slots <= DENSE_MAX_ELEMENTS
-            and (n_out > NARROW_OUT or pairs <= NARROW_MAX_PAIRS))
+def dense_route(N: int, n_in: int, n_slots: int) -> bool:
+    """Whether a layer call of ``N`` samples, ``n_in`` features and ``n_slots = n + 1`` slots writes ``Phi``
+    (and multiplies it with BLAS) instead of running the sparse loops."""
+    return n_slots < SPARSE_MIN_SLOTS and DENSE_MIN_PAIRS <= N * n_in and N * n_in * n_slots <= DENSE_MAX_ELEMENTS
 
 
 def locate(x: np.ndarray, kc: tuple, derivative: bool, feature_major: bool = False):
@@ -445,6 +486,20 @@ def locate(x: np.ndarray, kc: tuple, derivative: bool, feature_major: bool = Fal
     return first, V, (D if derivative else None)
 
 
+def locate_features(x: np.ndarray, bx: np.ndarray | None, kc: tuple, n_slots: int, derivative: bool):
+    """``(first [N, in], D [k + 1, N, in] or None, Phi [N, in * n_slots])`` of ``x [N, in]`` in one pass
+    (:func:`_locate_phi`; ``bx``: ``b(x)`` or None): what the dense route needs, without the bases' values
+    apart from ``Phi``."""
+    N, n_in = x.shape
+    first = np.empty(x.shape, dtype=np.int64)
+    D = np.empty((kc[0] + 1, N, n_in), dtype=x.dtype) if derivative else np.empty((1, 1, 1), dtype=x.dtype)
+    phi = np.empty((N, n_in * n_slots), dtype=x.dtype)
+    has_base, bxa = (False, x) if bx is None else (True, bx)
+    _run_split(_locate_phi, _locate_phi_parallel, N, N * n_in * n_slots,
+               (x, *kc, first, D, derivative, bxa, has_base, phi))
+    return first, (D if derivative else None), phi
+
+
 def _features(bx, k, first, V, n_slots):
     N, n_in = first.shape
     phi = np.empty((N, n_in * n_slots), dtype=V.dtype)
@@ -455,8 +510,7 @@ def _features(bx, k, first, V, n_slots):
 
 def features(x: np.ndarray, bx: np.ndarray | None, kc: tuple, n_slots: int) -> np.ndarray:
     """The expanded features ``Phi [N, in * n_slots]`` of ``x [N, in]`` (``bx``: ``b(x)`` or None)."""
-    first, V, _ = locate(x, kc, False)
-    return _features(bx, kc[0], first, V, n_slots)
+    return locate_features(x, bx, kc, n_slots, False)[2]
 
 
 NARROW_PRODUCT = 16
@@ -485,12 +539,15 @@ def forward(x: np.ndarray, bx: np.ndarray | None, kc: tuple, W: np.ndarray, loca
     N, n_in = x.shape
     n_slots, n_out = W.shape[1], W.shape[2]
     k = kc[0]
-    dense = dense_route(N, n_in, n_slots, n_out)
-    first, V, _ = located if located is not None else locate(x, kc, False, feature_major=not dense)
+    dense = dense_route(N, n_in, n_slots)
     if dense:
-        phi = _features(bx, k, first, V, n_slots)
+        if located is None:
+            phi = locate_features(x, bx, kc, n_slots, False)[2]
+        else:
+            phi = _features(bx, k, located[0], located[1], n_slots)
         y = _mm(phi, W.reshape(n_in * n_slots, n_out))
         return (y, phi) if return_phi else y
+    first, V, _ = located if located is not None else locate(x, kc, False, feature_major=True)
     y = np.empty((N, n_out), dtype=x.dtype)
     has_base, bxa = (False, x) if bx is None else (True, bx)
     _run_split(_sparse_forward, _sparse_forward_parallel, N, N * n_in * n_out,
@@ -511,7 +568,7 @@ def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, ne
     dbxa = dbx if dbx is not None else x
     gx = np.empty_like(x) if need_x else None
     gW = None
-    if dense_route(N, n_in, n_slots, n_out):
+    if dense_route(N, n_in, n_slots):
         kept = phi is not None
         if kept and not need_x:
             return None, (_mm(phi.T, g).reshape(n_in, n_slots, n_out) if need_w else None)
@@ -549,8 +606,8 @@ KEEP_BYTES = 3 << 20
 
 def _keep(xn: np.ndarray, w: np.ndarray, k: int, has_base: bool, need_x: bool, need_w: bool) -> tuple[bool, bool]:
     """``(dense, keep)``: the route of a call, and whether what its backward needs is kept from forward."""
-    (N, n_in), (n_slots, n_out) = xn.shape, w.shape[1:]
-    dense = dense_route(N, n_in, n_slots, n_out)
+    (N, n_in), n_slots = xn.shape, w.shape[1]
+    dense = dense_route(N, n_in, n_slots)
     item, K = xn.itemsize, k + 1
     if dense:  # backward: Phi for dL/dW; first, D and b'(x) for dL/dx
         per_pair = (n_slots * item if need_w else 0) + ((8 + (K + has_base) * item) if need_x else 0)
@@ -566,17 +623,22 @@ def _forward_saving(ctx, x: torch.Tensor, w: np.ndarray, kc: tuple, base: str, n
     b, db = base_with_derivative(base, x)
     xn = x.numpy()
     dense, keep = _keep(xn, w, kc[0], b is not None, need_x, need_w)
-    located = locate(xn, kc, keep and need_x, feature_major=not dense)
     bx = None if b is None else b.numpy()
-    y, phi = forward(xn, bx, kc, w, located, return_phi=True)
+    if dense:  # Phi, with first and D (for dL/dx) if kept, in one pass
+        first, D, phi = locate_features(xn, bx, kc, w.shape[1], keep and need_x)
+        located = (first, None, D)
+        y = _mm(phi, w.reshape(-1, w.shape[2]))
+    else:
+        located = locate(xn, kc, keep and need_x, feature_major=True)
+        y, phi = forward(xn, bx, kc, w, located), None
     ctx.kc, ctx.base = kc, base
     kept = None
-    if keep:
-        kept = {"first": located[0]}
+    if keep:  # what _keep counted
+        kept = {} if dense else {"first": located[0]}
         if need_w:
             kept.update({"phi": phi} if dense else {"V": located[1], "bx": bx})
         if need_x:
-            kept.update(D=located[2], dbx=None if b is None else db().numpy())
+            kept.update(first=located[0], D=located[2], dbx=None if b is None else db().numpy())
         kept = {name: a for name, a in kept.items() if a is not None}
     return torch.from_numpy(y), kept
 
@@ -602,7 +664,7 @@ def _backward_saved(ctx, x: torch.Tensor, w: np.ndarray, g: torch.Tensor, need_x
         b, db = base_with_derivative(ctx.base, x)
         bx, dbx = (None, None) if b is None else (b.numpy(), db().numpy() if need_x else None)
         return backward(x.numpy(), bx, dbx, ctx.kc, w, g, need_x, need_w)
-    located = (kept["first"], kept.get("V"), kept.get("D"))
+    located = (kept.get("first"), kept.get("V"), kept.get("D"))
     return backward(x.numpy(), kept.get("bx"), kept.get("dbx"), ctx.kc, w, g, need_x, need_w, located,
                     kept.get("phi"))
 
@@ -680,3 +742,4 @@ def kan_layer(x: torch.Tensor, coef: torch.Tensor, scale_base: torch.Tensor, sca
     scales and mask ``[in, out]``) and ``kc = knot_constants(grid, table, k, uniform)``; differentiable in
     ``x``, ``coef`` and the scales (:class:`NativeKANLayerFunction`; check :func:`supports` first)."""
     return NativeKANLayerFunction.apply(x, coef, scale_base, scale_spline, mask, kc, base)
+

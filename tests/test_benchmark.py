@@ -50,7 +50,7 @@ def test_saved_activations_per_sample_of_both_kernels(monkeypatch):
         # a small call keeps what its backward needs, and saved_bytes counts it: per (sample, feature) x
         # (float32), the interval index (int64) and, on the sparse route this small layer takes, the 4
         # bases and b(x) for dL/dW and their derivatives for dL/dx
-        assert not native.dense_route(128, 6, 9, 4)
+        assert not native.dense_route(128, 6, 9)
         assert per_sample() == 6 * (4 + 8 + 2 * 5 * 4)
         monkeypatch.setattr(native, "KEEP_BYTES", 0)  # a call that would keep more keeps only x
         assert per_sample() == 6 * 4

@@ -108,12 +108,12 @@ def test_large_grid_gathered_input_gradient_equals_reference(k, grid_kind, sprea
 @pytest.mark.parametrize("needs", ["both", "weight", "input"])
 @pytest.mark.parametrize("keep", [True, False])
 def test_large_batch_equals_reference_on_both_routes(k, grid_kind, spread, G, needs, keep, engine, monkeypatch):
-    # enough work for the dense route at G = 7; backward takes forward's Phi and located bases (keep) or,
-    # as for calls that would keep more than KEEP_BYTES, rebuilds them from x
+    # enough (sample, feature) pairs for the dense route at G = 7; backward takes forward's Phi and located
+    # bases (keep) or, as for calls that would keep more than KEEP_BYTES, rebuilds them from x
     if not keep:
         monkeypatch.setattr(native, "KEEP_BYTES", 0)
-    N = native.DENSE_MIN_WORK // 12 + 5
-    assert native.dense_route(N, 3, 7 + k + 1, 4) and not native.dense_route(N, 3, 30 + k + 1, 4)
+    N = native.DENSE_MIN_PAIRS // 3 + 5
+    assert native.dense_route(N, 3, 7 + k + 1) and not native.dense_route(N, 3, 30 + k + 1)
     x, grid, W, g = _kernel_case(20 + k + G, 3, 4, G, N, k, grid_kind, spread)
     xa, Wa = x.clone().requires_grad_(needs != "weight"), W.clone().requires_grad_(needs != "input")
     xb, Wb = x.clone().requires_grad_(needs != "weight"), W.clone().requires_grad_(needs != "input")

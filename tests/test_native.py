@@ -32,7 +32,7 @@ def route(request, monkeypatch):
     """Force one of the two routes (BLAS on Phi / sparse loops) whatever the sizes."""
     if request.param == "dense":
         monkeypatch.setattr(native, "SPARSE_MIN_SLOTS", 10**6)
-        monkeypatch.setattr(native, "DENSE_MIN_WORK", 0)
+        monkeypatch.setattr(native, "DENSE_MIN_PAIRS", 0)
     else:
         monkeypatch.setattr(native, "SPARSE_MIN_SLOTS", 0)
     return request.param
@@ -232,11 +232,11 @@ def test_environment_variable_turns_it_off():
 
 
 def test_default_route_follows_the_sizes():
-    assert native.dense_route(1024, 64, 9, 64)  # the benchmark's G = 5 layer
-    assert native.dense_route(128, 10, 9, 30)  # a KAN-GRU's hidden gates (lesson 09)
-    assert not native.dense_route(512, 32, 54, 32)  # G = 50: many slots
-    assert not native.dense_route(1000, 5, 9, 1)  # a lesson's last layer, 5 -> 1: too little work
-    assert not native.dense_route(10**6, 64, 9, 64)  # Phi would take 2.3 GB: the loops need no temporary
+    assert native.dense_route(1024, 64, 9)  # the benchmark's G = 5 layer
+    assert native.dense_route(1024, 32, 9)  # lesson 10's KAN feed-forward, first layer
+    assert not native.dense_route(512, 32, 54)  # G = 50: many slots
+    assert not native.dense_route(1000, 2, 9)  # a lesson-sized layer: few (sample, feature) pairs
+    assert not native.dense_route(10**6, 64, 9)  # Phi would take 2.3 GB: the loops need no temporary
 
 
 def test_kan_linear_uses_it_on_cpu_only_when_enabled(monkeypatch):
