@@ -5,8 +5,8 @@ evaluations) spends most of its time on the fixed cost of each PyTorch operation
 graph, not on arithmetic. ``FusedKAN`` computes the same loss and gradient over one flat parameter vector,
 which ``kanedu.lbfgs.LBFGS`` optimises, from the layer's own pieces and nothing else:
 
-* every layer is ``y = Phi(h) @ W`` with the combined weight of ``layers.combine_weights`` (its chain rule,
-  ``layers.combine_weights_grad``, takes ``dL/dW`` back to the coefficients and scales);
+* every layer is ``y = Phi(h) @ W`` with the combined weight of ``weights.combine_weights`` (its chain rule,
+  ``weights.combine_weights_grad``, takes ``dL/dW`` back to the coefficients and scales);
 * ``Phi``, the layer products and their gradients are ``kanedu.native``'s compiled CPU loops
   (``features``, ``forward``, ``backward``), the same that run ``KANLayer.forward`` on the CPU;
 * the first layer's input is the training data, which does not change while the grid is fixed, so its
@@ -27,7 +27,8 @@ import torch
 
 from . import native
 from .activations import base_with_derivative
-from .layers import KANLayer, combine_weights, combine_weights_grad
+from .layers import KANLayer
+from .weights import combine_weights, combine_weights_grad
 
 __all__ = ["FusedKAN", "unsupported_reason"]
 

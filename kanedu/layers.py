@@ -7,10 +7,12 @@ Every edge ``i -> j`` carries its own function of one variable,
 with ``b`` a fixed base activation (SiLU by default) and ``B_m`` the B-spline bases on feature ``i``'s
 grid; a node adds what arrives: ``y_j = sum_i mask[i, j] * phi_ij(x_i)``.
 
-All the weights are combined in one place (``combine_weights``): ``W[i, 0, j] = mask * w_b`` and
-``W[i, 1 + m, j] = mask * w_s * c[i, j, m]``. The forward pass is then one matrix product with the
-expanded features, ``y = Phi(x) @ W`` (``kanedu.kernels.kan_linear``), and grid operations only ever touch
-``c`` (the scale ``w_s`` is never folded into the coefficients, so it cannot be applied twice).
+All the weights are combined in one place (``kanedu.weights.combine_weights``): ``W[i, 0, j] = mask * w_b``
+and ``W[i, 1 + m, j] = mask * w_s * c[i, j, m]``. The forward pass is then one matrix product with the
+expanded features, ``y = Phi(x) @ W`` (``kanedu.kernels.kan_linear``; on the CPU loops
+``kanedu.native.kan_layer``, which combines the weights itself and is one autograd node per call), and grid
+operations only ever touch ``c`` (the scale ``w_s`` is never folded into the coefficients, so it cannot be
+applied twice).
 
 The layer keeps its knots' piecewise-polynomial table (``splines.interval_table``) as buffers next to the
 grid; ``set_grid`` replaces both, and every grid operation goes through it.
@@ -238,7 +240,8 @@ class KANLayer(nn.Module):
         """``x [..., in_features]`` -> ``y [..., out_features]``, ``y_j = sum_i phi_ij(x_i)`` with
         ``phi_ij(x) = mask_ij (w_b b(x) + w_s sum_m c_ijm B_m(x))`` (plus the symbolic edges, if any).
 
-        Computed as ``Phi(x) @ W`` (``kernels.kan_linear``): the same sum, without a tensor per edge.
+        Computed as ``Phi(x) @ W`` (``kernels.kan_linear``, or ``native.kan_layer`` where the compiled CPU
+        loops run): the same sum, without a tensor per edge.
         """
         x = self._check_input(x)
         if not torch.compiler.is_compiling() and self._grid_now() != self._grid_state:
