@@ -13,14 +13,27 @@ shared machine hits all of them; each ratio is reported as the median over round
 Run: python benchmarks/bench_sequence.py [--threads 1] [--rounds 7]
 Targets (issue 14): KAN-GRU step <= 3x nn.GRUCell; KAN feed-forward block <= 3x the MLP block.
 
-Measured on the 2-core course machine (1 thread, quiet, 2026-12-01, after the kernel redesign and its speed-up):
-KAN-GRU step 2.92x [2.29-3.73 over rounds] at lesson 09's size (3.69x before backward reused forward's knot
-constants), 2.74x at 2 -> 8, 1.58x at 16 -> 32; KAN feed-forward 3.28x [3.11-4.11] at d = 32 (MISSES the 3x
-target), 2.12x at d = 64, 1.59x at d = 128. Before the redesign the same script read 2.25-2.34x and 2.30-2.43x
-at the lesson sizes: small layers pay a fixed cost per call (autograd nodes of the weight combination, the
-knot constants, numba's argument checks) that the old generated code did not. At d = 32 the sparse route is
-slower still (4.1x against the dense route's 3.2x, same run). With ``KANEDU_NATIVE=0`` (the torch kernel)
-the small cases missed the targets before too (4.2-4.8x for the steps, 4.0x for the block at d = 32).
+Measured on the 2-core course machine (1 thread, quiet, 2026-12-02, two runs of 11 rounds): KAN-GRU step
+2.88-2.97x at lesson 09's size [2.25-3.73 over rounds], 2.25-2.34x at 2 -> 8, 1.47x at 16 -> 32; KAN
+feed-forward 2.57-2.75x at d = 32 [2.08-3.61], 2.07-2.11x at d = 64, 1.55-1.60x at d = 128. A separate
+script with 25 interleaved rounds of the lesson-09 step read 2.70-2.83x (quartiles 2.62-3.05).
+
+The day before the same script read 2.92x and 3.28x at the lesson sizes (the feed-forward missed 3x). What
+closed the gap, each measured in one process against the previous code:
+* narrow matrix products (2-15 columns, the d = 32 block's 13) computed transposed: MKL ran them at a fifth
+  to a half of its speed (``native._mm``);
+* small calls keep Phi, b(x) and b'(x) for backward instead of writing them again (``native.KEEP_BYTES``);
+* ``KANLayer`` on the CPU loops is one autograd node (``native.NativeKANLayerFunction``: the weights
+  combined in NumPy, their chain rule in backward), its knot constants kept per grid, no reshape nodes;
+* the dense route writes Phi while it locates (one pass).
+Together: the d = 32 block 0.70-0.77x of the previous commit's time, the lesson-09 step 0.86-0.89x.
+What is left for a small layer call (10 -> 30, B = 128, fwd + bwd about 240 us): the sparse loops 71 us,
+numba dispatch about 10 us, autograd and torch (the engine, the gradient accumulation of three
+parameters, the Function wrapper) about 110 us, our Python around the loops about 50 us. Tried and
+dropped: the GRU gate arithmetic fused into one autograd Function (72 against 80 us per call: the
+Function's own cost ate the saving; a numba loop for it was slower, having no vectorised exp or tanh).
+With ``KANEDU_NATIVE=0`` (the torch kernel) the small cases missed the targets before (4.2-4.8x for the
+steps, 4.0x for the block at d = 32).
 """
 
 from __future__ import annotations
