@@ -195,7 +195,7 @@ def _locate_parallel(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, 
 @_njit
 def _locate_phi(x, k, uniform, t0, inv_h, poly, tab, t_left, inv_w, knots, first, D, deriv, bx, has_base, phi, r0, r1):
     """Rows ``r0 .. r1`` of ``Phi(x) [N, in * (n + 1)]`` straight from ``x [N, in]`` (:func:`_locate` and
-    :func:`_phi_rows` in one pass, without ``V``), with ``first`` and, if ``deriv``, ``D`` as :func:`_locate`
+    :func:`_phi_row` in one pass, without ``V``), with ``first`` and, if ``deriv``, ``D`` as :func:`_locate`
     writes them (sample-major)."""
     if k == 3 and uniform:
         _locate_body(x, 3, True, t0, inv_h, _CUBIC, tab, t_left, inv_w, knots, first, D, D, deriv, False, r0, r1,
@@ -262,23 +262,6 @@ def _phi_gather_row(dbx, has_base, k, first, D, gphi, gx, b):
                 if 0 <= q + j < n:
                     acc += D[j, b, f] * gphi[b, at + 1 + q + j]
         gx[b, f] = acc
-
-
-@_njit
-def _phi_rows(bx, has_base, k, first, V, phi, b0, b1):
-    """Rows ``b0 .. b1`` of the expanded features ``phi [N, in * (n + 1)]`` (zeros but ``k + 2`` per feature)."""
-    for b in range(b0, b1):
-        if k == 3:
-            _phi_row(bx, has_base, 3, first, V, phi, b)
-        else:
-            _phi_row(bx, has_base, k, first, V, phi, b)
-
-
-@_njit_parallel
-def _phi_rows_parallel(bx, has_base, k, first, V, phi, total, parts):
-    """:func:`_phi_rows` over rows ``0 .. total`` in ``parts`` pieces, one per thread of numba's."""
-    for p in _prange(parts):
-        _phi_rows(bx, has_base, k, first, V, phi, total * p // parts, total * (p + 1) // parts)
 
 
 @_njit
@@ -500,14 +483,6 @@ def locate_features(x: np.ndarray, bx: np.ndarray | None, kc: tuple, n_slots: in
     return first, (D if derivative else None), phi
 
 
-def _features(bx, k, first, V, n_slots):
-    N, n_in = first.shape
-    phi = np.empty((N, n_in * n_slots), dtype=V.dtype)
-    has_base, bxa = (False, V[0]) if bx is None else (True, bx)
-    _run_split(_phi_rows, _phi_rows_parallel, N, N * n_in * n_slots, (bxa, has_base, k, first, V, phi))
-    return phi
-
-
 def features(x: np.ndarray, bx: np.ndarray | None, kc: tuple, n_slots: int) -> np.ndarray:
     """The expanded features ``Phi [N, in * n_slots]`` of ``x [N, in]`` (``bx``: ``b(x)`` or None)."""
     return locate_features(x, bx, kc, n_slots, False)[2]
@@ -530,29 +505,20 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (ta @ tb).numpy()
 
 
-def forward(x: np.ndarray, bx: np.ndarray | None, kc: tuple, W: np.ndarray, located=None,
-            return_phi: bool = False):
+def forward(x: np.ndarray, bx: np.ndarray | None, kc: tuple, W: np.ndarray, located=None) -> np.ndarray:
     """``y [N, out] = Phi(x) @ W`` for ``x [N, in]`` and ``W [in, n + 1, out]`` (contiguous NumPy arrays);
-    ``located``: :func:`locate`'s result for ``x``, if already at hand (feature-major unless
-    :func:`dense_route`). ``return_phi``: ``(y, Phi [N, in * (n + 1)] or None)``, ``Phi`` where the dense
-    route wrote it (:func:`backward` takes it instead of writing it again)."""
+    ``located``: for the sparse route, :func:`locate`'s feature-major result for ``x`` if already at hand (the
+    dense route writes ``Phi`` while it locates, :func:`locate_features`)."""
     N, n_in = x.shape
     n_slots, n_out = W.shape[1], W.shape[2]
-    k = kc[0]
-    dense = dense_route(N, n_in, n_slots)
-    if dense:
-        if located is None:
-            phi = locate_features(x, bx, kc, n_slots, False)[2]
-        else:
-            phi = _features(bx, k, located[0], located[1], n_slots)
-        y = _mm(phi, W.reshape(n_in * n_slots, n_out))
-        return (y, phi) if return_phi else y
+    if dense_route(N, n_in, n_slots):
+        return _mm(locate_features(x, bx, kc, n_slots, False)[2], W.reshape(n_in * n_slots, n_out))
     first, V, _ = located if located is not None else locate(x, kc, False, feature_major=True)
     y = np.empty((N, n_out), dtype=x.dtype)
     has_base, bxa = (False, x) if bx is None else (True, bx)
     _run_split(_sparse_forward, _sparse_forward_parallel, N, N * n_in * n_out,
-               (bxa, has_base, k, first, V, W, y, True))
-    return (y, None) if return_phi else y
+               (bxa, has_base, kc[0], first, V, W, y, True))
+    return y
 
 
 def backward(x: np.ndarray, bx, dbx, kc: tuple, W: np.ndarray, g: np.ndarray, need_x: bool, need_w: bool,
