@@ -1000,8 +1000,10 @@ def auto_symbolic(model, x: torch.Tensor | None = None, lib=None, r2_threshold: 
     """Fix every active numeric edge (``mask != 0``) to its best :func:`suggest_symbolic` candidate.
 
     Layers are done in order, and each layer's edges are fitted on the inputs that the already symbolic
-    layers before it produce. An edge whose best candidate has ``r2 < r2_threshold`` stays numeric
-    (``report.skipped``); "0" is chosen by importance, not R^2. When the best candidate has a rival of
+    layers before it produce. ``r2_threshold`` is a floor: when the best-scoring candidate misses it, the
+    best-scoring one that reaches it is taken (a complex function that fits, rather than a simple one that
+    does not), and only an edge where none reaches it stays numeric (``report.skipped``); "0" is chosen by
+    importance, not R^2. When the best candidate has a rival of
     another family within ``margin`` the edge is recorded in ``report.ambiguous``, a warning is issued,
     and it is fixed to the best (``on_ambiguous="fix"``) or left numeric (``"skip"``).
 
@@ -1041,8 +1043,10 @@ def auto_symbolic(model, x: torch.Tensor | None = None, lib=None, r2_threshold: 
                     report.skipped[e] = s
                     continue
             if best.name != "0" and best.r2 < r2_threshold:
-                report.skipped[e] = s
-                continue
+                best = next((c for c in s if c.r2 >= r2_threshold), None)  # s is sorted by score
+                if best is None:
+                    report.skipped[e] = s
+                    continue
             with torch.no_grad():
                 _attach(layer).set(e[1], e[2], functions[best.name], best.params)
                 layer.mask[e[1], e[2]] = 0.0

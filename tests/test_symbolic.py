@@ -233,6 +233,22 @@ def test_auto_symbolic_leaves_an_edge_numeric_only_when_no_candidate_fits_and_sa
     assert [name for *_, name, _ in report] == ["exp"] and not report.skipped
 
 
+def test_auto_symbolic_takes_the_best_candidate_that_reaches_the_threshold():
+    # a strong simplicity weight ranks "x" (a poor fit of sin(3x)) above "sin" (an exact one); the threshold
+    # is a floor, so the edge snaps to sin rather than staying numeric (pykan's hello-KAN script met this)
+    x = torch.linspace(-1, 1, 200, dtype=D)[:, None]
+    ds = {"train_input": x, "train_label": torch.sin(3 * x), "test_input": x, "test_label": torch.sin(3 * x)}
+    model = KAN([1, 1], grid_size=10, seed=0, dtype=D)
+    fit(model, ds, steps=20, progress=False, seed=0)
+    s = suggest_symbolic(model, 0, 0, 0, x, lib=["x", "sin"], weight_simple=3.0)
+    assert s[0].name == "x" and s[0].r2 < 0.9 and max(c.r2 for c in s if c.name == "sin") > 0.99
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (the two may be reported as ambiguous)
+        report = auto_symbolic(model, x, lib=["x", "sin"], weight_simple=3.0)
+    assert [name for *_, name, _ in report] == ["sin"] and not report.skipped
+    torch.testing.assert_close(model(x), torch.sin(3 * x), rtol=0, atol=1e-3)
+
+
 # --------------------------------------------------------------------------------------------------
 # symbolic edges inside the model
 # --------------------------------------------------------------------------------------------------
