@@ -14,6 +14,12 @@ adaptive G=5 <= 5x; saved activations <= those of nn.Linear(in*(G+k), out).
 Measured on the 2-core course machine (AMD EPYC, AVX-512), medians of 6 runs of 7 rounds each, quiet:
 2 threads 1.84x / 0.58x / 2.06x (G=5 / G=50 / adaptive; run minima 1.67x / 0.52x / 1.98x); 1 thread
 1.56x / 0.42x / 1.99x. The ratio swings by +-15% from run to run on this shared machine.
+
+2026-12-02, after the changes for small layers (four runs, quiet): 1 thread 1.48-1.62x / 0.40-0.41x /
+2.24-2.29x, 2 threads 1.63-1.91x / 0.64-0.69x / 2.45-2.60x. The memory line now counts everything a call
+keeps (``native.KEEP_BYTES``): these batches are over the budget and keep only x (0.203x / 0.310x of
+nn.Linear). Before, the located bases of a 1024 x 64 batch were kept where ``saved_bytes`` did not see
+them; the adaptive case, whose backward now locates again by bisection, was faster for it.
 """
 
 from __future__ import annotations
